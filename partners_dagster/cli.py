@@ -1,0 +1,95 @@
+"""The ``partners-dagster`` command line."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def main() -> None:
+    """partners_dagster: sync the FutureLearn Partners API into the Teach Computing database."""
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
+)
+@click.option("--port", default=8765, show_default=True, type=int, help="0 picks a free port.")
+@click.option(
+    "--scale",
+    default="small",
+    show_default=True,
+    type=click.Choice(["tiny", "small", "medium", "large"]),
+)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--consumer-key", envvar="FL_PARTNERS_CONSUMER_KEY", default=None)
+@click.option("--consumer-secret", envvar="FL_PARTNERS_CONSUMER_SECRET", default=None)
+@click.option("--latency-ms", default=0.0, type=float, help="Added latency per request.")
+@click.option("--error-rate", default=0.0, type=float, help="Share of requests answered 500.")
+@click.option(
+    "--rate-limit-rate", default=0.0, type=float, help="Share answered 429 with Retry-After."
+)
+@click.option("--drop-rate", default=0.0, type=float, help="Share whose connection is dropped.")
+@click.option(
+    "--token-reject-rate", default=0.0, type=float, help="Share of valid tokens refused (401)."
+)
+def sandbox(
+    host,
+    port,
+    scale,
+    seed,
+    consumer_key,
+    consumer_secret,
+    latency_ms,
+    error_rate,
+    rate_limit_rate,
+    drop_rate,
+    token_reject_rate,
+) -> None:
+    """Serve a local Partners API sandbox with generated data."""
+    import time
+
+    from .sandbox import (
+        DEFAULT_CONSUMER_KEY,
+        DEFAULT_CONSUMER_SECRET,
+        Faults,
+        SandboxApi,
+        SandboxServer,
+        generate,
+    )
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        raise click.BadParameter("the sandbox listens on loopback only", param_hint="--host")
+    started = time.perf_counter()
+    dataset = generate(scale, seed)
+    click.echo(
+        f"generated {scale} dataset (seed {seed}) in {time.perf_counter() - started:.2f}s: "
+        f"{len(dataset.runs)} runs, {len(dataset.enrolments)} enrolments, {len(dataset.memberships)} memberships"
+    )
+    faults = Faults(
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        rate_limit_rate=rate_limit_rate,
+        drop_rate=drop_rate,
+        token_reject_rate=token_reject_rate,
+    )
+    api = SandboxApi(
+        dataset,
+        consumer_key=consumer_key or DEFAULT_CONSUMER_KEY,
+        consumer_secret=consumer_secret or DEFAULT_CONSUMER_SECRET,
+        faults=faults,
+    )
+    server = SandboxServer(api, host, port).start()
+    click.echo(f"FL_PARTNERS_URL={server.url}")
+    click.echo(
+        f"FL_PARTNERS_CONSUMER_KEY={api.consumer_key}  (secret: the configured or sandbox default)"
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

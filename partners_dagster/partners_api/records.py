@@ -1,0 +1,275 @@
+"""Typed records for the Partners API responses, and their parsers.
+
+Every field of partners-api.md is kept, nulls included. A record that does not
+have the documented shape is rejected with a reason naming the field; callers
+decide whether one bad record spoils the whole response (a single resource) or
+is counted and skipped (one row of an enrolment report).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from .errors import MalformedResponseError
+
+T = TypeVar("T")
+
+
+class RecordError(ValueError):
+    """One record does not have the documented shape; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class CourseRun:
+    uuid: str
+    href: str
+    title: str
+    full_code: str | None
+    code: str | None
+    start_time: datetime | None
+    weeks_count: int | None
+    course_uuid: str
+    course_href: str
+
+
+@dataclass(frozen=True, slots=True)
+class CourseEnrolment:
+    run_uuid: str
+    run_href: str
+    membership_uuid: str
+    membership_href: str
+    status: str
+    activated_at: datetime | None
+    deactivated_at: datetime | None
+    steps_completed_count: int
+    steps_completed_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrganisationMembership:
+    uuid: str
+    href: str
+    learner_uuid: str | None
+    learner_href: str | None
+    external_learner_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record of a list response that was skipped, and why."""
+
+    index: int
+    key: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class EnrolmentReport:
+    run_uuid: str
+    enrolments: list[CourseEnrolment]
+    rejections: list[Rejection]
+
+
+# -- field readers -------------------------------------------------------------------------
+
+
+def _field(obj: dict, name: str) -> Any:
+    if name not in obj:
+        raise RecordError(f"missing field {name!r}")
+    return obj[name]
+
+
+def _uuid(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(f"{name} must be a UUID string, got {type(value).__name__}")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise RecordError(f"{name} is not a UUID: {value[:60]!r}") from None
+
+
+def _str(value: Any, name: str, *, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise RecordError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, name: str, *, nullable: bool = False) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(f"{name} must be an integer, got {value!r:.60}")
+    if value < 0:
+        raise RecordError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def timestamp(value: Any, name: str, *, nullable: bool = True) -> datetime | None:
+    """An ISO-8601 timestamp with a zone (the API sends UTC with a ``Z``), as aware UTC."""
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise RecordError(f"{name} must be an ISO-8601 string, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordError(f"{name} is not an ISO-8601 timestamp: {value[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise RecordError(f"{name} has no time zone: {value[:40]!r}")
+    return parsed.astimezone(UTC)
+
+
+def ratio(value: Any, name: str = "steps_completed_ratio") -> float:
+    """A completion ratio: a JSON number from 0 to 1. Never clamped."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError(f"{name} must be a number from 0 to 1, got {value!r:.60}")
+    value = float(value)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise RecordError(f"{name} must be a number from 0 to 1, got {value!r}")
+    return value
+
+
+def _ref(obj: dict, name: str) -> tuple[str, str]:
+    ref = _field(obj, name)
+    if not isinstance(ref, dict):
+        raise RecordError(f"{name} must be an object with uuid and href")
+    return _uuid(_field(ref, "uuid"), f"{name}.uuid"), _str(_field(ref, "href"), f"{name}.href")
+
+
+def _object(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise RecordError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# -- record parsers ------------------------------------------------------------------------
+
+
+def course_run_from_json(value: Any) -> CourseRun:
+    obj = _object(value)
+    course_uuid, course_href = _ref(obj, "course")
+    return CourseRun(
+        uuid=_uuid(_field(obj, "uuid"), "uuid"),
+        href=_str(_field(obj, "href"), "href"),
+        title=_str(_field(obj, "title"), "title"),
+        full_code=_str(obj.get("full_code"), "full_code", nullable=True),
+        code=_str(obj.get("code"), "code", nullable=True),
+        start_time=timestamp(obj.get("start_time"), "start_time"),
+        weeks_count=_int(obj.get("weeks_count"), "weeks_count", nullable=True),
+        course_uuid=course_uuid,
+        course_href=course_href,
+    )
+
+
+def course_enrolment_from_json(value: Any) -> CourseEnrolment:
+    obj = _object(value)
+    run_uuid, run_href = _ref(obj, "run")
+    membership_uuid, membership_href = _ref(obj, "organisation_membership")
+    return CourseEnrolment(
+        run_uuid=run_uuid,
+        run_href=run_href,
+        membership_uuid=membership_uuid,
+        membership_href=membership_href,
+        status=_str(_field(obj, "status"), "status"),
+        activated_at=timestamp(obj.get("activated_at"), "activated_at"),
+        deactivated_at=timestamp(obj.get("deactivated_at"), "deactivated_at"),
+        steps_completed_count=_int(_field(obj, "steps_completed_count"), "steps_completed_count"),
+        steps_completed_ratio=ratio(_field(obj, "steps_completed_ratio")),
+    )
+
+
+def organisation_membership_from_json(value: Any) -> OrganisationMembership:
+    obj = _object(value)
+    learner = obj.get("learner")
+    if learner is not None and not isinstance(learner, dict):
+        raise RecordError("learner must be an object with uuid and href")
+    learner = learner or {}
+    return OrganisationMembership(
+        uuid=_uuid(_field(obj, "uuid"), "uuid"),
+        href=_str(_field(obj, "href"), "href"),
+        learner_uuid=_uuid(learner["uuid"], "learner.uuid") if learner.get("uuid") else None,
+        learner_href=_str(learner.get("href"), "learner.href", nullable=True),
+        external_learner_id=_str(
+            _field(obj, "external_learner_id"), "external_learner_id", nullable=True
+        ),
+    )
+
+
+# -- whole responses -----------------------------------------------------------------------
+
+
+def parse_one(
+    body: Any, parser: Callable[[Any], T], *, endpoint: str, status: int, raw: bytes
+) -> T:
+    """A single resource: any defect makes the whole response malformed."""
+    try:
+        return parser(body)
+    except RecordError as error:
+        raise MalformedResponseError(
+            str(error), endpoint=endpoint, status=status, body=raw
+        ) from None
+
+
+def _expect_list(body: Any, *, endpoint: str, status: int, raw: bytes) -> list:
+    if not isinstance(body, list):
+        raise MalformedResponseError(
+            f"expected a JSON array, got {type(body).__name__}",
+            endpoint=endpoint,
+            status=status,
+            body=raw,
+        )
+    return body
+
+
+def parse_course_runs(
+    body: Any, *, endpoint: str, status: int, raw: bytes
+) -> tuple[list[CourseRun], list[Rejection]]:
+    return _parse_list(
+        body, course_run_from_json, "uuid", endpoint=endpoint, status=status, raw=raw
+    )
+
+
+def parse_enrolment_report(
+    run_uuid: str, body: Any, *, endpoint: str, status: int, raw: bytes
+) -> EnrolmentReport:
+    def parse(item: Any) -> CourseEnrolment:
+        record = course_enrolment_from_json(item)
+        # A row that names another run would be attributed to the wrong course.
+        if record.run_uuid != run_uuid:
+            raise RecordError(f"run.uuid {record.run_uuid} is not the report's run {run_uuid}")
+        return record
+
+    records, rejections = _parse_list(
+        body, parse, "organisation_membership", endpoint=endpoint, status=status, raw=raw
+    )
+    return EnrolmentReport(run_uuid, records, rejections)
+
+
+def _parse_list(
+    body: Any, parser: Callable[[Any], T], key_field: str, *, endpoint: str, status: int, raw: bytes
+) -> tuple[list[T], list[Rejection]]:
+    records: list[T] = []
+    rejections: list[Rejection] = []
+    for index, item in enumerate(_expect_list(body, endpoint=endpoint, status=status, raw=raw)):
+        try:
+            records.append(parser(item))
+        except RecordError as error:
+            rejections.append(Rejection(index, _key_of(item, key_field), str(error)))
+    return records, rejections
+
+
+def _key_of(item: Any, key_field: str) -> str | None:
+    """Best-effort identifier of a rejected record, for the operator's report."""
+    if not isinstance(item, dict):
+        return None
+    value = item.get(key_field)
+    if isinstance(value, dict):
+        value = value.get("uuid")
+    return str(value)[:60] if value is not None else None

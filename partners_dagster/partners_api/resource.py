@@ -1,0 +1,70 @@
+"""The Partners API as a Dagster resource."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+from ..settings import (
+    DEFAULT_CACHE_EXPIRY_SECONDS,
+    DEFAULT_MAX_CONCURRENCY,
+    ConfigurationError,
+    parse_uuid_list,
+)
+from .client import PartnersApiClient
+
+
+class PartnersApiResource(ConfigurableResource):
+    """FutureLearn Partners API client with its response cache.
+
+    Credentials come from ``dagster.EnvVar`` (see ``definitions.py``) and are never logged.
+    """
+
+    base_url: str = Field(description="API base URL (FL_PARTNERS_URL).")
+    consumer_key: str = Field(description="JWT issuer (FL_PARTNERS_CONSUMER_KEY).")
+    consumer_secret: str = Field(description="HS256 secret (FL_PARTNERS_CONSUMER_SECRET).")
+    cache: str = Field(
+        default="", description="SQLite file path or redis:// URL; empty disables the cache."
+    )
+    cache_expiry_seconds: int = Field(default=DEFAULT_CACHE_EXPIRY_SECONDS)
+    ignored_course_uuids: str = Field(
+        default="", description="Comma-separated course UUIDs never reported."
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY, description="Concurrent API requests."
+    )
+    read_timeout_seconds: float = Field(default=60.0)
+
+    _client: PartnersApiClient | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        for name, value in (
+            ("FL_PARTNERS_URL", self.base_url),
+            ("FL_PARTNERS_CONSUMER_KEY", self.consumer_key),
+            ("FL_PARTNERS_CONSUMER_SECRET", self.consumer_secret),
+        ):
+            if not value or not value.strip():
+                raise ConfigurationError(f"{name} is empty")
+        self._client = PartnersApiClient(
+            self.base_url,
+            self.consumer_key,
+            self.consumer_secret,
+            cache=self.cache or None,
+            cache_expiry_seconds=self.cache_expiry_seconds,
+            max_concurrency=self.max_concurrency,
+            read_timeout=self.read_timeout_seconds,
+        )
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    @property
+    def client(self) -> PartnersApiClient:
+        if self._client is None:  # used outside a Dagster run (tests, scripts)
+            self.setup_for_execution(None)  # type: ignore[arg-type]
+        return self._client
+
+    @property
+    def ignored_courses(self) -> frozenset[str]:
+        return parse_uuid_list(self.ignored_course_uuids)

@@ -1,0 +1,106 @@
+"""The one place that reads this project's environment.
+
+Everything configurable is named in DESIGN.md ("Environment"). Secrets are not
+read here: they reach the API resource through ``dagster.EnvVar`` so that they
+never appear in Dagster's run config or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE_EXPIRY_SECONDS = 5 * 60 * 60
+DEFAULT_MAX_CONCURRENCY = 4
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def data_dir() -> Path:
+    """The folder that holds the embedded defaults (cache, SQLite database, Dagster home)."""
+    return Path(os.environ.get("PARTNERS_DAGSTER_DATA") or ".partners_dagster").resolve()
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value.strip() if value and value.strip() else None
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{data_dir() / 'teachcomputing.sqlite3'}"
+
+
+def default_cache_location() -> str:
+    return str(data_dir() / "partners_api_cache.sqlite3")
+
+
+def database_url() -> str:
+    return _env("TEACHCOMPUTING_DATABASE_URL") or default_database_url()
+
+
+def cache_location() -> str:
+    return _env("FL_PARTNERS_CACHE") or default_cache_location()
+
+
+def cache_expiry_seconds() -> int:
+    raw = _env("FL_PARTNERS_CACHE_EXPIRY_SECONDS")
+    if raw is None:
+        return DEFAULT_CACHE_EXPIRY_SECONDS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"FL_PARTNERS_CACHE_EXPIRY_SECONDS must be a whole number of seconds, got {raw!r}"
+        ) from None
+    if value < 0:
+        raise ConfigurationError(f"FL_PARTNERS_CACHE_EXPIRY_SECONDS must be >= 0, got {value}")
+    return value
+
+
+def max_concurrency() -> int:
+    raw = _env("FL_PARTNERS_MAX_CONCURRENCY")
+    if raw is None:
+        return DEFAULT_MAX_CONCURRENCY
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigurationError(
+            f"FL_PARTNERS_MAX_CONCURRENCY must be an integer >= 1, got {raw!r}"
+        )
+    return value
+
+
+def parse_uuid_list(raw: str | None) -> frozenset[str]:
+    """Comma-separated UUIDs, blanks ignored, normalised to lowercase."""
+    return frozenset(part.strip().lower() for part in (raw or "").split(",") if part.strip())
+
+
+def ignored_course_uuids_text() -> str:
+    return os.environ.get("FL_PARTNERS_IGNORED_COURSE_UUIDS", "")
+
+
+@dataclass(frozen=True)
+class ApiCredentials:
+    base_url: str
+    consumer_key: str
+    consumer_secret: str
+
+
+def api_credentials_from_env() -> ApiCredentials:
+    """For command-line tools that run outside Dagster; fails naming the missing variable."""
+    values = {}
+    for name in ("FL_PARTNERS_URL", "FL_PARTNERS_CONSUMER_KEY", "FL_PARTNERS_CONSUMER_SECRET"):
+        value = _env(name)
+        if value is None:
+            raise ConfigurationError(f"{name} is not set (or is empty)")
+        values[name] = value
+    return ApiCredentials(
+        values["FL_PARTNERS_URL"],
+        values["FL_PARTNERS_CONSUMER_KEY"],
+        values["FL_PARTNERS_CONSUMER_SECRET"],
+    )

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real sandbox API on loopback, real databases, real Dagster instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from partners_dagster.partners_api import PartnersApiClient
+from partners_dagster.sandbox import (
+    DEFAULT_CONSUMER_KEY,
+    DEFAULT_CONSUMER_SECRET,
+    Faults,
+    SandboxApi,
+    SandboxServer,
+    generate,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+RECORDED = SHARED / "partners-api" / "recorded"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    return generate("tiny", seed=7)
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(tiny_dataset):
+    with SandboxServer(SandboxApi(tiny_dataset)) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    """The tiny sandbox with no faults and zeroed request counts, for one test."""
+    api = sandbox_server.api
+    api.faults = Faults()
+    api.requests.clear()
+    api.responses.clear()
+    yield sandbox_server
+    api.faults = Faults()
+
+
+@pytest.fixture
+def make_client(sandbox, tmp_path):
+    clients = []
+
+    def make(**kwargs) -> PartnersApiClient:
+        options = {
+            "cache": str(tmp_path / "cache.sqlite3"),
+            "backoff_initial": 0.01,
+            "backoff_max": 0.05,
+            "read_timeout": 5.0,
+        }
+        options.update(kwargs)
+        key = options.pop("consumer_key", DEFAULT_CONSUMER_KEY)
+        secret = options.pop("consumer_secret", DEFAULT_CONSUMER_SECRET)
+        client = PartnersApiClient(sandbox.url, key, secret, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

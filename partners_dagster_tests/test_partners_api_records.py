@@ -1,0 +1,160 @@
+"""The typed records against the real recorded responses and against malformed input."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from partners_dagster.partners_api import MalformedResponseError
+from partners_dagster.partners_api.records import (
+    RecordError,
+    course_enrolment_from_json,
+    course_run_from_json,
+    organisation_membership_from_json,
+    parse_course_runs,
+    parse_enrolment_report,
+    parse_one,
+)
+
+from .conftest import RECORDED
+
+needs_recordings = pytest.mark.skipif(
+    not RECORDED.exists(), reason="../shared recordings not present"
+)
+
+
+def _recorded(name: str) -> dict:
+    return json.loads((RECORDED / name).read_text())["response"]
+
+
+@needs_recordings
+def test_recorded_course_runs_parse_completely():
+    response = _recorded("course_runs.json")
+    runs, rejections = parse_course_runs(
+        response["body"], endpoint="course_runs", status=200, raw=b""
+    )
+    assert rejections == []
+    assert len(runs) == 126
+    assert len({run.course_uuid for run in runs}) == 31
+    first = runs[0]
+    assert first.uuid == "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+    assert first.start_time == datetime(2019, 3, 4, tzinfo=UTC)
+    assert first.weeks_count == 4
+    assert first.course_uuid == "3ce9a624-6cc7-4d23-8f5f-95162e360178"
+    assert {run.full_code for run in runs} >= {None, "encryption"}
+
+
+@needs_recordings
+def test_recorded_course_run_and_enrolment_report_parse():
+    run = course_run_from_json(_recorded("course_run_545ba924.json")["body"])
+    body = _recorded("course_enrolments_report_545ba924.json")["body"]
+    report = parse_enrolment_report(run.uuid, body, endpoint="report", status=200, raw=b"")
+    assert report.rejections == []
+    assert len(report.enrolments) == 31
+    deactivated = [e for e in report.enrolments if e.status == "deactivated"]
+    assert len(deactivated) == 1
+    assert deactivated[0].deactivated_at == datetime(2019, 4, 29, 14, 17, 55, tzinfo=UTC)
+    assert all(e.deactivated_at is None for e in report.enrolments if e.status == "active")
+    assert {e.steps_completed_ratio for e in report.enrolments} >= {0.0, 1.0}
+
+
+@needs_recordings
+def test_recorded_membership_parses():
+    membership = organisation_membership_from_json(
+        _recorded("organisation_membership_8e89c1b4.json")["body"]
+    )
+    assert membership.uuid == "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f"
+    assert membership.learner_uuid == "4c9edfc0-eb9f-44dd-bc30-a239bbd1e840"
+    assert membership.external_learner_id.startswith("sanitized_id_")
+
+
+def _enrolment(**changes) -> dict:
+    record = {
+        "run": {"uuid": "545ba924-9e73-4a30-bd54-4fb7dee8b913", "href": "h"},
+        "organisation_membership": {"uuid": "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f", "href": "h"},
+        "status": "active",
+        "activated_at": "2019-01-29T11:47:10.000Z",
+        "deactivated_at": None,
+        "steps_completed_count": 10,
+        "steps_completed_ratio": 0.29,
+    }
+    record.update(changes)
+    return {k: v for k, v in record.items() if v != "<missing>"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"steps_completed_ratio": 1.2}, "steps_completed_ratio must be a number from 0 to 1"),
+        ({"steps_completed_ratio": -0.1}, "steps_completed_ratio must be a number from 0 to 1"),
+        (
+            {"steps_completed_ratio": float("nan")},
+            "steps_completed_ratio must be a number from 0 to 1",
+        ),
+        ({"steps_completed_ratio": "0.5"}, "steps_completed_ratio must be a number"),
+        ({"steps_completed_ratio": True}, "steps_completed_ratio must be a number"),
+        ({"steps_completed_ratio": "<missing>"}, "missing field 'steps_completed_ratio'"),
+        ({"activated_at": "2019-01-29T11:47:10"}, "activated_at has no time zone"),
+        ({"activated_at": "yesterday"}, "activated_at is not an ISO-8601 timestamp"),
+        ({"steps_completed_count": "3"}, "steps_completed_count must be an integer"),
+        (
+            {"organisation_membership": {"uuid": "not-a-uuid", "href": "h"}},
+            "organisation_membership.uuid is not a UUID",
+        ),
+        ({"run": "545ba924"}, "run must be an object"),
+    ],
+)
+def test_malformed_enrolment_fields_are_named(changes, reason):
+    with pytest.raises(RecordError, match=reason):
+        course_enrolment_from_json(_enrolment(**changes))
+
+
+def test_report_rejects_bad_rows_and_keeps_the_rest():
+    run_uuid = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+    other = "11111111-1111-4111-8111-111111111111"
+    body = [
+        _enrolment(),
+        _enrolment(steps_completed_ratio=2),
+        "junk",
+        _enrolment(run={"uuid": other, "href": "h"}),
+    ]
+    report = parse_enrolment_report(run_uuid, body, endpoint="report", status=200, raw=b"")
+    assert len(report.enrolments) == 1
+    assert [(r.index, r.key) for r in report.rejections] == [
+        (1, "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f"),
+        (2, None),
+        (3, "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f"),
+    ]
+    assert "is not the report's run" in report.rejections[2].reason
+
+
+def test_timestamps_are_utc_aware_and_null_allowed():
+    record = course_enrolment_from_json(_enrolment(activated_at="2019-01-29T12:47:10.000+01:00"))
+    assert record.activated_at == datetime(2019, 1, 29, 11, 47, 10, tzinfo=UTC)
+    assert course_enrolment_from_json(_enrolment(activated_at=None)).activated_at is None
+
+
+def test_a_single_resource_with_a_bad_field_is_a_malformed_response():
+    with pytest.raises(MalformedResponseError) as raised:
+        parse_one(
+            {"uuid": "x"},
+            organisation_membership_from_json,
+            endpoint="organisation_membership",
+            status=200,
+            raw=b'{"uuid": "x"}',
+        )
+    message = str(raised.value)
+    assert (
+        "organisation_membership" in message
+        and "HTTP 200" in message
+        and '{"uuid": "x"}' in message
+    )
+
+
+def test_a_list_endpoint_that_answers_an_object_is_malformed():
+    with pytest.raises(MalformedResponseError, match="expected a JSON array, got dict"):
+        parse_course_runs(
+            {"error": "nope"}, endpoint="course_runs", status=200, raw=b'{"error": "nope"}'
+        )
