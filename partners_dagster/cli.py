@@ -91,5 +91,72 @@ def sandbox(
         server.stop()
 
 
+@main.group()
+@click.option(
+    "--database-url",
+    envvar="TEACHCOMPUTING_DATABASE_URL",
+    default=None,
+    help="SQLAlchemy URL (default: TEACHCOMPUTING_DATABASE_URL, else SQLite under PARTNERS_DAGSTER_DATA).",
+)
+@click.pass_context
+def db(ctx: click.Context, database_url: str | None) -> None:
+    """Teach Computing database: migrations and seeding."""
+    from . import settings
+    from .teachcomputing.engine import make_engine
+
+    ctx.obj = make_engine(database_url or settings.database_url())
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.pass_obj
+def db_upgrade(engine, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head). Running it twice is a no-op."""
+    from .teachcomputing.migrate import current_revision, upgrade
+
+    upgrade(engine, revision)
+    click.echo(
+        f"{engine.url.render_as_string(hide_password=True)} at revision {current_revision(engine)}"
+    )
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_obj
+def db_downgrade(engine, revision: str) -> None:
+    """Revert migrations down to REVISION (``base`` removes every table)."""
+    from .teachcomputing.migrate import current_revision, downgrade
+
+    downgrade(engine, revision)
+    click.echo(
+        f"{engine.url.render_as_string(hide_password=True)} at revision {current_revision(engine)}"
+    )
+
+
+@db.command("seed")
+@click.option(
+    "--from-sandbox",
+    "from_sandbox",
+    is_flag=True,
+    required=True,
+    help="Seed from a sandbox dataset.",
+)
+@click.option(
+    "--scale",
+    default="small",
+    show_default=True,
+    type=click.Choice(["tiny", "small", "medium", "large"]),
+)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.pass_obj
+def db_seed(engine, from_sandbox: bool, scale: str, seed: int) -> None:
+    """Load the Teach Computing side of a sandbox dataset into an empty database."""
+    from .sandbox import generate
+    from .teachcomputing.seed import seed_from_dataset
+
+    counts = seed_from_dataset(engine, generate(scale, seed))
+    click.echo(", ".join(f"{n} {table}" for table, n in counts.items()))
+
+
 if __name__ == "__main__":
     main()

@@ -63,3 +63,61 @@ def make_client(sandbox, tmp_path):
     yield make
     for client in clients:
         client.close()
+
+
+# -- databases -------------------------------------------------------------------------------
+
+POSTGRES_ENV = "PARTNERS_DAGSTER_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    import os
+
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"{POSTGRES_ENV} is not set: CI must provide PostgreSQL")
+        pytest.skip(f"{POSTGRES_ENV} not set (CI sets it; see .ci/run)")
+    return url
+
+
+def _reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request, tmp_path):
+    """An empty database on each backend, one per test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'teachcomputing.sqlite3'}"
+    url = request.getfixturevalue("postgres_server_url")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def database_url(empty_database_url):
+    """A migrated, empty database on each backend."""
+    from partners_dagster.teachcomputing.engine import make_engine
+    from partners_dagster.teachcomputing.migrate import upgrade
+
+    engine = make_engine(empty_database_url)
+    upgrade(engine)
+    engine.dispose()
+    return empty_database_url
+
+
+@pytest.fixture
+def engine(database_url):
+    from partners_dagster.teachcomputing.engine import make_engine
+
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()

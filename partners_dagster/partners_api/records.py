@@ -8,13 +8,13 @@ is counted and skipped (one row of an enrolment report).
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from ..rules import InvalidRatioError, check_ratio
 from .errors import MalformedResponseError
 
 T = TypeVar("T")
@@ -126,14 +126,12 @@ def timestamp(value: Any, name: str, *, nullable: bool = True) -> datetime | Non
     return parsed.astimezone(UTC)
 
 
-def ratio(value: Any, name: str = "steps_completed_ratio") -> float:
+def ratio(value: Any) -> float:
     """A completion ratio: a JSON number from 0 to 1. Never clamped."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RecordError(f"{name} must be a number from 0 to 1, got {value!r:.60}")
-    value = float(value)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise RecordError(f"{name} must be a number from 0 to 1, got {value!r}")
-    return value
+    try:
+        return check_ratio(value)
+    except InvalidRatioError as error:
+        raise RecordError(str(error)) from None
 
 
 def _ref(obj: dict, name: str) -> tuple[str, str]:

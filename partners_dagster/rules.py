@@ -1,0 +1,293 @@
+"""The business rules of DESIGN.md as plain functions: no Dagster, no database.
+
+Each rule fixes a bug the earlier Ruby jobs had; the docstrings say which.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+
+SOURCE = "partners_dagster"
+PASS_MARK = 60  # progress at which a course counts as complete
+
+
+class State(StrEnum):
+    ENROLLED = "enrolled"
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    DROPPED = "dropped"
+
+
+ALLOWED_MOVES: Mapping[State, frozenset[State]] = {
+    State.ENROLLED: frozenset({State.IN_PROGRESS, State.COMPLETE, State.DROPPED}),
+    State.IN_PROGRESS: frozenset({State.COMPLETE, State.DROPPED}),
+    State.DROPPED: frozenset({State.ENROLLED, State.IN_PROGRESS, State.COMPLETE}),
+    State.COMPLETE: frozenset(),
+}
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+class InvalidRatioError(ValueError):
+    """A steps_completed_ratio that is not a number from 0 to 1."""
+
+
+def check_ratio(value: Any) -> float:
+    """The ratio as a float, or ``InvalidRatioError``; never clamped."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise InvalidRatioError(
+            f"steps_completed_ratio must be a number from 0 to 1, got {value!r:.60}"
+        )
+    number = float(value)
+    if math.isnan(number) or not 0.0 <= number <= 1.0:
+        raise InvalidRatioError(
+            f"steps_completed_ratio must be a number from 0 to 1, got {value!r:.60}"
+        )
+    return number
+
+
+def progress_from_ratio(ratio: Any) -> int:
+    """floor(ratio × 100), computed in decimal: 0.29 → 29 and 0.58 → 58.
+
+    The ratio arrives as JSON text such as ``0.29``; Python's float repr gives back the
+    shortest text that round-trips, so decimal arithmetic on it is exact where binary
+    floating point gives 28.999… → 28 (the old jobs' bug).
+    """
+    number = check_ratio(ratio)
+    exact = ratio if isinstance(ratio, Decimal) else Decimal(repr(number))
+    return int((exact * 100).to_integral_value(rounding="ROUND_FLOOR"))
+
+
+def progress_from_ratios(ratios: pd.Series) -> pd.Series:
+    """``progress_from_ratio`` over a column, computed once per distinct ratio."""
+    distinct = pd.unique(ratios.to_numpy())
+    table = {value: progress_from_ratio(float(value)) for value in distinct}
+    return ratios.map(table).astype("int64")
+
+
+# -- matching a membership to a user ---------------------------------------------------------
+
+
+def normalise_email(email: str) -> str:
+    """How emails compare: surrounding white space ignored, case-insensitive, nothing else.
+
+    ``_`` and ``%`` are ordinary characters: the old jobs' ``ILIKE`` let ``a_b@x.org``
+    match ``axb@x.org``.
+    """
+    return email.strip().lower()
+
+
+def canonical_uuid(value: str) -> str | None:
+    try:
+        return str(uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Match:
+    user_id: str | None
+    matched_by: str | None  # "id", "email", "ambiguous" or None
+    candidates: tuple[str, ...] = ()
+
+
+def match_user(
+    external_learner_id: str | None,
+    user_ids: Iterable[str] | set[str],
+    user_id_by_email: Mapping[str, str],
+) -> Match:
+    """The user an ``external_learner_id`` names: by id first, then by email.
+
+    ``user_id_by_email`` is keyed by ``normalise_email``. If the text is one user's id
+    and another user's email, nobody is guessed: the match is ``ambiguous``.
+    """
+    if not external_learner_id or not external_learner_id.strip():
+        return Match(None, None)
+    as_uuid = canonical_uuid(external_learner_id)
+    by_id = as_uuid if as_uuid is not None and as_uuid in user_ids else None
+    by_email = user_id_by_email.get(normalise_email(external_learner_id))
+    if by_id and by_email and by_id != by_email:
+        return Match(None, "ambiguous", (by_id, by_email))
+    if by_id:
+        return Match(by_id, "id")
+    if by_email:
+        return Match(by_email, "email")
+    return Match(None, None)
+
+
+# -- the latest enrolment --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    run_uuid: str
+    membership_uuid: str
+    activated_at: datetime | None
+    deactivated_at: datetime | None
+    steps_completed_ratio: float
+
+
+def _latest_key(enrolment: Enrolment) -> tuple:
+    # A missing activated_at sorts oldest; then the higher ratio, then the greater run
+    # UUID; the membership UUID only breaks a tie on one run across two memberships.
+    activated = enrolment.activated_at
+    return (
+        activated is not None,
+        activated.timestamp() if activated is not None else 0.0,
+        enrolment.steps_completed_ratio,
+        enrolment.run_uuid,
+        enrolment.membership_uuid,
+    )
+
+
+def latest_enrolment(enrolments: Iterable[Enrolment]) -> Enrolment:
+    """The enrolment that decides a (user, course): greatest ``activated_at``, ties to the
+    higher ratio, then the greater run UUID."""
+    return max(enrolments, key=_latest_key)
+
+
+LATEST_SORT_COLUMNS = ["activated_at", "steps_completed_ratio", "run_uuid", "membership_uuid"]
+
+
+def latest_enrolments_frame(
+    enrolments: pd.DataFrame, keys: Sequence[str] = ("user_id", "course_uuid")
+) -> pd.DataFrame:
+    """``latest_enrolment`` for every group of ``keys`` at once (one sort, no loop)."""
+    ordered = enrolments.sort_values(
+        [*keys, *LATEST_SORT_COLUMNS], na_position="first", kind="stable"
+    )
+    return ordered.drop_duplicates(list(keys), keep="last").reset_index(drop=True)
+
+
+# -- the achievement state machine ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AchievementOutcome:
+    progress: int
+    state: State
+    moved_from: State | None = None  # set when the state changed
+
+    @property
+    def moved(self) -> bool:
+        return self.moved_from is not None
+
+
+def target_state(new_progress: int, deactivated: bool) -> State:
+    if deactivated and new_progress < PASS_MARK:
+        return State.DROPPED
+    if new_progress == 0:
+        return State.ENROLLED
+    if new_progress < PASS_MARK:
+        return State.IN_PROGRESS
+    return State.COMPLETE
+
+
+def next_achievement(
+    stored_progress: int, stored_state: str, new_progress: int, deactivated: bool
+) -> AchievementOutcome:
+    """Apply one latest enrolment to a stored achievement.
+
+    A complete achievement never changes; progress never goes down; the state moves
+    only along ``ALLOWED_MOVES``.
+    """
+    state = State(stored_state)
+    if state is State.COMPLETE:
+        return AchievementOutcome(stored_progress, state)
+    if not 0 <= new_progress <= 100:
+        raise ValueError(f"progress must be 0..100, got {new_progress}")
+    progress = max(stored_progress, new_progress)
+    target = target_state(new_progress, deactivated)
+    if target is not state and target in ALLOWED_MOVES[state]:
+        return AchievementOutcome(progress, target, moved_from=state)
+    return AchievementOutcome(progress, state)
+
+
+def transition_metadata(
+    to_state: State,
+    *,
+    dagster_run_id: str,
+    run_uuid: str,
+    membership_uuid: str,
+    credit: int,
+    left_at: datetime | None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "source": SOURCE,
+        "dagster_run_id": dagster_run_id,
+        "future_learn_run_uuid": run_uuid,
+        "future_learn_membership_uuid": membership_uuid,
+    }
+    if to_state is State.COMPLETE:
+        metadata["credit"] = credit
+    if to_state is State.DROPPED and left_at is not None:
+        metadata["left_at"] = left_at.isoformat()
+    return metadata
+
+
+# -- a new achievement's programme ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgrammeEnrolment:
+    programme_id: str
+    created_at: datetime
+    unenrolled_at: datetime | None = None
+
+
+def programme_for_new_achievement(
+    activity_programme_ids: Iterable[str], user_enrolments: Iterable[ProgrammeEnrolment]
+) -> str | None:
+    """The activity's only programme; with several, the one the user most recently
+    enrolled on and has not left; else none."""
+    programmes = set(activity_programme_ids)
+    if len(programmes) == 1:
+        return next(iter(programmes))
+    current = [
+        e for e in user_enrolments if e.programme_id in programmes and e.unenrolled_at is None
+    ]
+    if not current:
+        return None
+    return max(current, key=lambda e: (e.created_at, e.programme_id)).programme_id
+
+
+# -- follow-up jobs on completion -----------------------------------------------------------
+
+CERTIFICATE_PROGRAMMES = frozenset({"primary-certificate", "secondary-certificate"})
+CS_ACCELERATOR = "cs-accelerator"
+
+
+@dataclass(frozen=True)
+class FollowUpJob:
+    job_class: str
+    arguments: dict[str, Any] = field(hash=False)
+    run_at: datetime
+    dedup_key: str
+
+
+def follow_up_jobs(
+    programme_slug: str | None, user_id: str, achievement_id: str, now: datetime
+) -> list[FollowUpJob]:
+    """The outbox rows a move to ``complete`` queues: at most one per achievement completion
+    (a complete achievement never changes, so the achievement id makes the key)."""
+    if programme_slug in CERTIFICATE_PROGRAMMES:
+        job_class = "CertificatePendingTransitionJob"
+        arguments = {"programme_slug": programme_slug, "user_id": user_id, "source": SOURCE}
+        run_at = now + timedelta(minutes=1)
+    elif programme_slug == CS_ACCELERATOR:
+        job_class = "AssessmentEligibilityJob"
+        arguments = {"user_id": user_id}
+        run_at = now
+    else:
+        return []
+    return [FollowUpJob(job_class, arguments, run_at, f"{job_class}:{achievement_id}:complete")]

@@ -1,0 +1,23 @@
+"""The Teach Computing database as a Dagster resource."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from pydantic import Field
+from sqlalchemy import Engine
+
+from .engine import shared_engine
+from .repository import TeachComputingRepository
+
+
+class TeachComputingDatabaseResource(ConfigurableResource):
+    """The Teach Computing database (TEACHCOMPUTING_DATABASE_URL)."""
+
+    database_url: str = Field(description="SQLAlchemy URL of the Teach Computing database.")
+
+    @property
+    def engine(self) -> Engine:
+        return shared_engine(self.database_url)
+
+    def repository(self) -> TeachComputingRepository:
+        return TeachComputingRepository(self.engine)
