@@ -103,16 +103,21 @@ def test_no_token_or_secret_in_the_cache_file(sandbox, make_client, tmp_path):
     assert token.split(".")[1].encode() not in data  # not even the claims part
 
 
-def test_404_is_a_distinct_not_found_error_and_is_not_cached(sandbox, make_client, tiny_dataset):
+def test_404_is_a_distinct_not_found_error(sandbox, make_client, tiny_dataset):
     client = make_client()
     missing = tiny_dataset.memberships.query("not found")["membership_uuid"].iat[0]
     for _ in range(2):
         with pytest.raises(NotFoundError) as raised:
             client.organisation_membership(missing)
         assert raised.value.status == 404
-    assert _requests(sandbox, "organisation_membership") == 2
-    with pytest.raises(NotFoundError):
-        client.enrolment_report("00000000-0000-4000-8000-000000000000")
+    # A membership's 404 is an answer worth keeping for the cache expiry ...
+    assert _requests(sandbox, "organisation_membership") == 1
+    assert client.stats.snapshot()["organisation_membership"]["cache_hits"] == 1
+    # ... a run's is not: it is asked again.
+    for _ in range(2):
+        with pytest.raises(NotFoundError):
+            client.enrolment_report("00000000-0000-4000-8000-000000000000")
+    assert _requests(sandbox, "course_enrolments_report") == 2
 
 
 def test_an_expired_token_is_renewed_and_the_request_retried(sandbox, make_client):

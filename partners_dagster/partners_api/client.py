@@ -114,6 +114,16 @@ def _is_json_response(response: requests.Response) -> bool:
     return response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
 
 
+def _is_cacheable(response: requests.Response) -> bool:
+    """Successful JSON answers, and a membership's JSON 404: "this membership does not exist" is
+    an answer too, and without it every night would re-ask for each deleted membership."""
+    if not _is_json_response(response):
+        return False
+    if response.status_code == 404:
+        return "/partners/organisation_memberships/" in response.url
+    return response.status_code == 200
+
+
 class PartnersApiClient:
     def __init__(
         self,
@@ -241,9 +251,9 @@ class PartnersApiClient:
                     expire_after=self._cache_expiry,
                     # The API says max-age=0; we impose our own expiry instead.
                     cache_control=False,
-                    allowable_codes=(200,),
+                    allowable_codes=(200, 404),
                     allowable_methods=("GET",),
-                    filter_fn=_is_json_response,
+                    filter_fn=_is_cacheable,
                     # Not part of the cache key, and redacted from what is stored.
                     ignored_parameters=("Authorization",),
                     match_headers=False,

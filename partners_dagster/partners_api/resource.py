@@ -34,6 +34,12 @@ class PartnersApiResource(ConfigurableResource):
         default=DEFAULT_MAX_CONCURRENCY, description="Concurrent API requests."
     )
     read_timeout_seconds: float = Field(default=60.0)
+    max_attempts: int = Field(
+        default=6, description="Attempts per request on 5xx, 429 and timeouts."
+    )
+    backoff_initial_seconds: float = Field(
+        default=0.5, description="First retry wait; doubles, with jitter."
+    )
 
     _client: PartnersApiClient | None = PrivateAttr(default=None)
 
@@ -53,6 +59,8 @@ class PartnersApiResource(ConfigurableResource):
             cache_expiry_seconds=self.cache_expiry_seconds,
             max_concurrency=self.max_concurrency,
             read_timeout=self.read_timeout_seconds,
+            max_attempts=self.max_attempts,
+            backoff_initial=self.backoff_initial_seconds,
         )
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -219,10 +219,22 @@ class TeachComputingRepository:
                 stored = self._course_achievements(connection, activity_id)
             sort_keys = self._last_sort_keys(connection, activity_id)
             course_plan = plan(stored[stored["user_id"].isin(latest["user_id"])], sort_keys)
+            counts.update(_plan_violations(stored, course_plan))
             self._write_plan(connection, course_plan)
         counts.update(course_plan.counts)
         counts["pending_jobs"] += len(course_plan.jobs)
         return counts
+
+    def run_audit(self, dagster_run_id: str) -> dict[str, int]:
+        """What one Dagster run wrote to achievement_transitions."""
+        t = AchievementTransition
+        run = t.transition_metadata["dagster_run_id"].as_string() == dagster_run_id
+        with self.engine.connect() as connection:
+            total = connection.execute(select(func.count()).where(run)).scalar_one()
+            from_complete = connection.execute(
+                select(func.count()).where(run, t.from_state == "complete")
+            ).scalar_one()
+        return {"transitions": total, "transitions_from_complete": from_complete}
 
     @staticmethod
     def _course_achievements(connection: Connection, activity_id: str) -> pd.DataFrame:
@@ -304,3 +316,15 @@ class TeachComputingRepository:
                     index_elements=["dedup_key"]
                 )
                 connection.execute(statement, list(chunk))
+
+
+def _plan_violations(stored: pd.DataFrame, plan: CoursePlan) -> Counter:
+    """Checked against the stored rows, not the planner's own view: progress never goes down
+    and a complete achievement never changes."""
+    before = stored.set_index("id")
+    violations: Counter = Counter(progress_decreases=0, complete_changed=0)
+    for update_row in plan.updates:
+        old = before.loc[update_row["id"]]
+        violations["progress_decreases"] += int(update_row["progress"] < old["progress"])
+        violations["complete_changed"] += int(old["current_state"] == "complete")
+    return violations

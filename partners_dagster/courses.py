@@ -1,0 +1,108 @@
+"""Course runs and their enrolment reports, as frames the pipeline works on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .partners_api import CourseRun, EnrolmentReport, PartnersApiClient, PartnersApiError
+
+RUN_COLUMNS = ["run_uuid", "course_uuid", "title", "start_time", "weeks_count", "full_code", "code"]
+ENROLMENT_COLUMNS = [
+    "run_uuid",
+    "membership_uuid",
+    "status",
+    "activated_at",
+    "deactivated_at",
+    "steps_completed_count",
+    "steps_completed_ratio",
+]
+
+
+def course_runs_frame(
+    runs: Iterable[CourseRun], known_course_uuids: Iterable[str], ignored: Iterable[str]
+) -> pd.DataFrame:
+    """One row per run, with whether Teach Computing knows its course and whether it is ignored."""
+    frame = pd.DataFrame(
+        [
+            (r.uuid, r.course_uuid, r.title, r.start_time, r.weeks_count, r.full_code, r.code)
+            for r in runs
+        ],
+        columns=RUN_COLUMNS,
+    )
+    frame["start_time"] = pd.to_datetime(frame["start_time"], utc=True)
+    frame["known"] = frame["course_uuid"].isin(set(known_course_uuids))
+    frame["ignored"] = frame["course_uuid"].isin(set(ignored)) & ~frame["known"]
+    return frame
+
+
+def unknown_courses(runs: pd.DataFrame) -> pd.DataFrame:
+    """Courses no activity knows and nobody asked us to ignore: one row each, with its title."""
+    unknown = runs[~runs["known"] & ~runs["ignored"]]
+    return (
+        unknown.groupby("course_uuid", sort=True)
+        .agg(title=("title", "first"), runs=("run_uuid", "count"))
+        .reset_index()
+    )
+
+
+@dataclass(frozen=True)
+class CourseEnrolments:
+    """Every enrolment on every run of a known course, and what could not be read."""
+
+    enrolments: pd.DataFrame  # ENROLMENT_COLUMNS + course_uuid
+    failed_runs: pd.DataFrame  # run_uuid, course_uuid, error
+    rejections: pd.DataFrame  # run_uuid, course_uuid, index, key, reason
+    runs_fetched: int
+
+    @property
+    def incomplete_course_uuids(self) -> set[str]:
+        """Courses with a run that could not be read whole: their progress must not be touched."""
+        return set(self.failed_runs["course_uuid"]) | set(self.rejections["course_uuid"])
+
+
+def fetch_course_enrolments(client: PartnersApiClient, runs: pd.DataFrame) -> CourseEnrolments:
+    """Fetch the reports of every run of a known course, concurrently; failures are listed."""
+    known = runs[runs["known"]]
+    course_of_run = dict(zip(known["run_uuid"], known["course_uuid"], strict=True))
+    rows: list[tuple] = []
+    failed: list[tuple[str, str, str]] = []
+    rejected: list[tuple] = []
+    for run_uuid, result in client.enrolment_reports(sorted(course_of_run)):
+        course_uuid = course_of_run[run_uuid]
+        if isinstance(result, PartnersApiError):
+            failed.append((run_uuid, course_uuid, str(result)))
+            continue
+        _collect(result, course_uuid, rows, rejected)
+    enrolments = pd.DataFrame(rows, columns=[*ENROLMENT_COLUMNS, "course_uuid"])
+    for column in ("activated_at", "deactivated_at"):
+        enrolments[column] = pd.to_datetime(enrolments[column], utc=True)
+    return CourseEnrolments(
+        enrolments=enrolments,
+        failed_runs=pd.DataFrame(failed, columns=["run_uuid", "course_uuid", "error"]),
+        rejections=pd.DataFrame(
+            rejected, columns=["run_uuid", "course_uuid", "index", "key", "reason"]
+        ),
+        runs_fetched=len(course_of_run) - len(failed),
+    )
+
+
+def _collect(report: EnrolmentReport, course_uuid: str, rows: list, rejected: list) -> None:
+    rows.extend(
+        (
+            e.run_uuid,
+            e.membership_uuid,
+            e.status,
+            e.activated_at,
+            e.deactivated_at,
+            e.steps_completed_count,
+            e.steps_completed_ratio,
+            course_uuid,
+        )
+        for e in report.enrolments
+    )
+    rejected.extend(
+        (report.run_uuid, course_uuid, r.index, r.key, r.reason) for r in report.rejections
+    )

@@ -1,0 +1,63 @@
+"""Run metadata an operator reads in the Dagster UI: counts, request tallies, short tables."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import pandas as pd
+
+from ..partners_api import PartnersApiClient
+
+_EMAIL = re.compile(r"([^\s@]{1,64})@([^\s@]+)")
+
+
+def mask_email(text: str | None) -> str | None:
+    """``jo.smith@school.org`` -> ``j***@s***.org``: enough to recognise, not to contact."""
+    if text is None:
+        return None
+
+    def mask(match: re.Match) -> str:
+        local, domain = match.group(1), match.group(2)
+        tld = domain.rsplit(".", 1)[-1] if "." in domain else ""
+        return f"{local[0]}***@{domain[0]}***{'.' + tld if tld else ''}"
+
+    return _EMAIL.sub(mask, text)
+
+
+def table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
+    """A markdown preview of at most ``limit`` rows (the UI is not a data browser)."""
+    if frame.empty:
+        return dg.MetadataValue.md("_none_")
+    shown = frame.head(limit).astype(str).map(lambda v: v.replace("|", "\\|").replace("\n", " "))
+    lines = [
+        "| " + " | ".join(shown.columns) + " |",
+        "|" + "---|" * len(shown.columns),
+        *("| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)),
+    ]
+    if len(frame) > limit:
+        lines.append(f"\n_…and {len(frame) - limit} more_")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+@contextmanager
+def request_tally(client: PartnersApiClient) -> Iterator[dict]:
+    """Collects, into the yielded dict, the API requests made inside the block."""
+    before = client.stats.snapshot()
+    tally: dict = {}
+    yield tally
+    after = client.stats.snapshot()
+    per_endpoint = {
+        endpoint: {
+            field: after[endpoint][field] - before[endpoint][field] for field in after[endpoint]
+        }
+        for endpoint in after
+    }
+    tally["api_network_requests"] = sum(c["network"] for c in per_endpoint.values())
+    tally["api_cache_hits"] = sum(c["cache_hits"] for c in per_endpoint.values())
+    tally["api_retries"] = sum(c["retries"] for c in per_endpoint.values())
+    tally["api_requests_by_endpoint"] = dg.MetadataValue.json(
+        {e: c for e, c in per_endpoint.items() if any(c.values())}
+    )
