@@ -196,7 +196,7 @@ def membership_links(
     a membership already linked is never moved."""
     repository = teachcomputing_db.repository()
     matches = match_memberships(organisation_memberships, repository.users())
-    result = repository.link_memberships(matches.links, context.run_id)
+    result = repository.link_memberships(matches.links, context.run.run_id)
     conflicts = pd.DataFrame(
         result.conflicts, columns=["membership_uuid", "linked_user_id", "matched_user_id"]
     )

@@ -79,7 +79,7 @@ def achievement_progress(
             latest,
             credit=int(activities.at[activity_id, "credit"]),
             programme_slugs=catalogue.programme_slugs,
-            dagster_run_id=context.run_id,
+            dagster_run_id=context.run.run_id,
             now=now,
         )
         try:
@@ -98,7 +98,7 @@ def achievement_progress(
                 f"{applied} course(s) before it were applied: {error.__class__.__name__}: {error}"
             ) from error
         applied += 1
-    audit = repository.run_audit(context.run_id)
+    audit = repository.run_audit(context.run.run_id)
     linked_users = int(repository.linked_memberships()["user_id"].nunique())
     yield dg.MaterializeResult(
         metadata={

@@ -1,0 +1,281 @@
+"""A night on real parts: the sandbox API on loopback, a migrated and seeded database, and a
+temporary Dagster instance running the real jobs."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from partners_dagster.definitions import build_definitions
+from partners_dagster.partners_api.resource import PartnersApiResource
+from partners_dagster.sandbox import (
+    DEFAULT_CONSUMER_KEY,
+    DEFAULT_CONSUMER_SECRET,
+    SandboxApi,
+    SandboxDataset,
+    SandboxServer,
+)
+from partners_dagster.teachcomputing.engine import make_engine
+from partners_dagster.teachcomputing.migrate import upgrade
+from partners_dagster.teachcomputing.resource import TeachComputingDatabaseResource
+from partners_dagster.teachcomputing.seed import seed_from_dataset
+
+
+class Night:
+    def __init__(
+        self,
+        dataset: SandboxDataset,
+        workdir: Path,
+        *,
+        database_url: str | None = None,
+        ignored_course_uuids: str = "",
+        cache: bool = True,
+    ):
+        self.dataset = dataset
+        self.server = SandboxServer(SandboxApi(dataset)).start()
+        self.database_url = database_url or f"sqlite:///{workdir / 'teachcomputing.sqlite3'}"
+        self.engine = make_engine(self.database_url)
+        upgrade(self.engine)
+        seed_from_dataset(self.engine, dataset)
+        self.cache_path = workdir / "partners_api_cache.sqlite3"
+        self.resources = {
+            "partners_api": PartnersApiResource(
+                base_url=self.server.url,
+                consumer_key=DEFAULT_CONSUMER_KEY,
+                consumer_secret=DEFAULT_CONSUMER_SECRET,
+                cache=str(self.cache_path) if cache else "",
+                ignored_course_uuids=ignored_course_uuids,
+                max_attempts=3,
+                backoff_initial_seconds=0.01,
+            ),
+            "teachcomputing_db": TeachComputingDatabaseResource(database_url=self.database_url),
+        }
+        self.defs = build_definitions(self.resources)
+        self._dagster_home = tempfile.TemporaryDirectory(dir=workdir)
+        self._instance_cm = dg.instance_for_test(temp_dir=self._dagster_home.name)
+        self.instance = self._instance_cm.__enter__()
+
+    @property
+    def api(self) -> SandboxApi:
+        return self.server.api
+
+    def run(self, job_name: str, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        return self.defs.resolve_job_def(job_name).execute_in_process(
+            instance=self.instance, raise_on_error=raise_on_error
+        )
+
+    def both_steps(self) -> tuple[dg.ExecuteInProcessResult, dg.ExecuteInProcessResult]:
+        return self.run("update_memberships_job"), self.run("update_progress_job")
+
+    def query(self, sql: str) -> pd.DataFrame:
+        with self.engine.connect() as connection:
+            return pd.read_sql_query(sql, connection)
+
+    def close(self) -> None:
+        self._instance_cm.__exit__(None, None, None)
+        self.server.stop()
+        self.engine.dispose()
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == asset
+    ]
+    return {key: value.value for key, value in event.materialization.metadata.items()}
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+# -- hand-made datasets for behaviour tests ---------------------------------------------------
+
+
+def _id(kind: str, name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"partners-dagster-test/{kind}/{name}"))
+
+
+def epoch(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+
+class Scenario:
+    """Builds a ``SandboxDataset`` by name: courses, runs, users, memberships, enrolments."""
+
+    def __init__(self) -> None:
+        self.programmes = ["primary-certificate", "secondary-certificate", "cs-accelerator"]
+        self.courses: list[dict] = []
+        self.runs: list[dict] = []
+        self.users: list[dict] = []
+        self.memberships: list[dict] = []
+        self.enrolments: list[dict] = []
+        self.programme_enrolments: list[dict] = []
+
+    def id(self, kind: str, name: str) -> str:
+        return _id(kind, name)
+
+    def course(
+        self, name: str, *, programmes: tuple[str, ...] = (), known: bool = True, credit: int = 10
+    ) -> str:
+        self.courses.append(
+            {"name": name, "programmes": programmes, "known": known, "credit": credit}
+        )
+        return _id("course", name)
+
+    def run(self, name: str, course: str) -> str:
+        self.runs.append({"name": name, "course": course})
+        return _id("run", name)
+
+    def user(self, name: str, email: str | None = None) -> str:
+        self.users.append({"name": name, "email": email or f"{name}@school.example.org"})
+        return _id("user", name)
+
+    def membership(self, name: str, external_learner_id: str | None, *, found: bool = True) -> str:
+        self.memberships.append({"name": name, "external": external_learner_id, "found": found})
+        return _id("membership", name)
+
+    def enrol(
+        self,
+        run: str,
+        membership: str,
+        activated: str | None,
+        ratio: float,
+        *,
+        left: str | None = None,
+    ) -> None:
+        self.enrolments.append(
+            {
+                "run": run,
+                "membership": membership,
+                "activated": activated,
+                "ratio": ratio,
+                "left": left,
+            }
+        )
+
+    def on_programme(self, user: str, programme: str, since: str) -> None:
+        self.programme_enrolments.append({"user": user, "programme": programme, "since": since})
+
+    def build(self) -> SandboxDataset:
+        run_names = [r["name"] for r in self.runs]
+        membership_names = [m["name"] for m in self.memberships]
+        course_by_name = {c["name"]: c for c in self.courses}
+        programme_ids = {slug: _id("programme", slug) for slug in self.programmes}
+        activities = [c for c in self.courses if c["known"]]
+        return SandboxDataset(
+            scale="scenario",
+            seed=0,
+            courses=pd.DataFrame(
+                {
+                    "course_uuid": [_id("course", c["name"]) for c in self.courses],
+                    "title": [f"Course {c['name']}" for c in self.courses],
+                    "known": [c["known"] for c in self.courses],
+                    "steps": 100,
+                }
+            ),
+            runs=pd.DataFrame(
+                {
+                    "run_uuid": [_id("run", r["name"]) for r in self.runs],
+                    "course_uuid": [_id("course", r["course"]) for r in self.runs],
+                    "title": [f"Course {r['course']}" for r in self.runs],
+                    "full_code": None,
+                    "code": None,
+                    "start_time": epoch("2027-01-04T00:00:00"),
+                    "weeks_count": 3,
+                }
+            ),
+            memberships=pd.DataFrame(
+                {
+                    "membership_uuid": [_id("membership", m["name"]) for m in self.memberships],
+                    "learner": range(len(self.memberships)),
+                    "learner_uuid": [_id("learner", m["name"]) for m in self.memberships],
+                    "external_learner_id": [m["external"] for m in self.memberships],
+                    "kind": "scenario",
+                    "found": [m["found"] for m in self.memberships],
+                }
+            ),
+            enrolments=self._enrolments(run_names, membership_names),
+            users=pd.DataFrame(
+                {
+                    "id": [_id("user", u["name"]) for u in self.users],
+                    "email": [u["email"] for u in self.users],
+                    "created_at": pd.Timestamp("2020-01-01", tz="UTC"),
+                }
+            ),
+            activities=pd.DataFrame(
+                {
+                    "id": [_id("activity", c["name"]) for c in activities],
+                    "title": [f"Course {c['name']}" for c in activities],
+                    "future_learn_course_uuid": [_id("course", c["name"]) for c in activities],
+                    "credit": [c["credit"] for c in activities],
+                }
+            ),
+            programmes=pd.DataFrame(
+                {
+                    "id": list(programme_ids.values()),
+                    "slug": self.programmes,
+                    "title": self.programmes,
+                }
+            ),
+            programme_activities=pd.DataFrame(
+                [
+                    {"programme_id": programme_ids[p], "activity_id": _id("activity", c["name"])}
+                    for c in activities
+                    for p in course_by_name[c["name"]]["programmes"]
+                ],
+                columns=["programme_id", "activity_id"],
+            ),
+            user_programme_enrolments=pd.DataFrame(
+                {
+                    "id": [
+                        _id("upe", f"{e['user']}/{e['programme']}")
+                        for e in self.programme_enrolments
+                    ],
+                    "user_id": [_id("user", e["user"]) for e in self.programme_enrolments],
+                    "programme_id": [
+                        programme_ids[e["programme"]] for e in self.programme_enrolments
+                    ],
+                    "created_at": pd.to_datetime(
+                        [e["since"] for e in self.programme_enrolments], utc=True
+                    ),
+                    "unenrolled_at": pd.NaT,
+                }
+            ),
+        )
+
+    def _enrolments(self, run_names: list[str], membership_names: list[str]) -> pd.DataFrame:
+        rows = self.enrolments
+        return pd.DataFrame(
+            {
+                "run": np.array([run_names.index(e["run"]) for e in rows], dtype=np.int64),
+                "membership": np.array(
+                    [membership_names.index(e["membership"]) for e in rows], dtype=np.int64
+                ),
+                "deactivated": [e["left"] is not None for e in rows],
+                "activated_at": np.array(
+                    [epoch(e["activated"]) if e["activated"] else -1 for e in rows], dtype=np.int64
+                ),
+                "deactivated_at": np.array(
+                    [epoch(e["left"]) if e["left"] else -1 for e in rows], dtype=np.int64
+                ),
+                "steps_completed_count": np.array(
+                    [round(e["ratio"] * 100) for e in rows], dtype=np.int64
+                ),
+                "steps_completed_ratio": np.array([e["ratio"] for e in rows], dtype=np.float64),
+            }
+        )
+
+    def rebuild_enrolments(self, dataset: SandboxDataset) -> None:
+        """Serve this scenario's (changed) enrolments from the running sandbox."""
+        dataset.enrolments = self._enrolments(
+            [r["name"] for r in self.runs], [m["name"] for m in self.memberships]
+        )
+        dataset.reindex()
