@@ -91,6 +91,37 @@ def sandbox(
         server.stop()
 
 
+@main.command()
+@click.option(
+    "--scale",
+    default="small",
+    show_default=True,
+    type=click.Choice(["tiny", "small", "medium", "large"]),
+)
+@click.option("--seed", default=1, show_default=True, type=int)
+def demo(scale: str, seed: int) -> None:
+    """Run both nightly jobs end to end on the embedded defaults (sandbox API, SQLite)."""
+    from .demo import run_demo
+
+    raise SystemExit(run_demo(scale, seed, say=click.echo))
+
+
+@main.command()
+@click.option(
+    "--scale",
+    default="small",
+    show_default=True,
+    type=click.Choice(["tiny", "small", "medium", "large"]),
+)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--port", default=3000, show_default=True, type=int)
+def ui(scale: str, seed: int, port: int) -> None:
+    """The demo's setup and runs, then the Dagster UI (dagster dev) on them."""
+    from .demo import run_ui
+
+    raise SystemExit(run_ui(scale, seed, port, say=click.echo))
+
+
 @main.group()
 @click.option(
     "--database-url",
