@@ -132,12 +132,32 @@ def test_a_membership_already_linked_to_someone_else_is_not_moved(night, tiny_da
             "INSERT INTO future_learn_organisation_memberships (uuid, user_id, linked_at) VALUES (?, ?, '2020-01-01 00:00:00')",
             (linked["membership_uuid"], other_user),
         )
-    result = night.run("update_memberships_job")
-    assert (
-        materialization_metadata(result, "membership_links")["memberships_linked_to_another_user"]
-        == 1
-    )
+    night.run("update_memberships_job")
+    assert night.api.requests["organisation_membership"] > 0
     owner = night.query(
         f"SELECT user_id FROM future_learn_organisation_memberships WHERE uuid = '{linked['membership_uuid']}'"
     )
     assert owner["user_id"].tolist() == [other_user]
+
+
+def test_a_link_written_by_a_concurrent_run_is_reported_not_overwritten(night, tiny_dataset):
+    import pandas as pd
+
+    from partners_dagster.teachcomputing.repository import TeachComputingRepository
+
+    repository = TeachComputingRepository(night.engine)
+    membership = tiny_dataset.memberships["membership_uuid"].iat[0]
+    first, second = tiny_dataset.users["id"].iat[0], tiny_dataset.users["id"].iat[1]
+    link = pd.DataFrame({"membership_uuid": [membership], "user_id": [first]})
+    assert repository.link_memberships(link, "run-a").created == 1
+    again = repository.link_memberships(link, "run-b")
+    assert (again.created, again.already_linked, again.conflicts) == (0, 1, [])
+    other = repository.link_memberships(link.assign(user_id=second), "run-c")
+    assert other.created == 0
+    assert other.conflicts == [
+        {"membership_uuid": membership, "linked_user_id": first, "matched_user_id": second}
+    ]
+    stored = night.query(
+        "SELECT user_id, dagster_run_id FROM future_learn_organisation_memberships"
+    )
+    assert stored.values.tolist() == [[first, "run-a"]]
