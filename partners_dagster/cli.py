@@ -122,6 +122,23 @@ def ui(scale: str, seed: int, port: int) -> None:
     raise SystemExit(run_ui(scale, seed, port, say=click.echo))
 
 
+@main.command()
+@click.argument("user")
+@click.option("--show-emails", is_flag=True, help="Show email addresses unmasked.")
+@click.option("--database-url", envvar="TEACHCOMPUTING_DATABASE_URL", default=None)
+def audit(user: str, show_emails: bool, database_url: str | None) -> None:
+    """Who changed USER's record, and why: links and achievement transitions with run ids."""
+    from . import settings
+    from .audit import UnknownUserError, audit_user, format_audit
+    from .teachcomputing.engine import make_engine
+
+    try:
+        found = audit_user(make_engine(database_url or settings.database_url()), user)
+    except UnknownUserError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(format_audit(found, show_emails=show_emails))
+
+
 @main.group()
 @click.option(
     "--database-url",

@@ -279,3 +279,8 @@ class Scenario:
             [r["name"] for r in self.runs], [m["name"] for m in self.memberships]
         )
         dataset.reindex()
+
+
+def check_metadata(result: dg.ExecuteInProcessResult, check_name: str) -> dict:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == check_name]
+    return {key: value.value for key, value in evaluation.metadata.items()}

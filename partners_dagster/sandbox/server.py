@@ -113,6 +113,7 @@ class SandboxApi:
         self._lock = threading.Lock()
         self.requests: Counter = Counter()  # endpoint -> requests received
         self.responses: Counter = Counter()  # (endpoint, status) -> responses sent
+        self.tokens_seen: set[str] = set()  # every bearer token presented, for leak tests
         self._membership_uuids = dataset.memberships["membership_uuid"].to_numpy()
         self.app = Starlette(
             routes=[
@@ -259,6 +260,9 @@ class SandboxApi:
         scheme, _, token = header.partition(" ")
         if scheme != "Bearer" or not token:
             return False
+        with self._lock:
+            if len(self.tokens_seen) < 10_000:
+                self.tokens_seen.add(token)
         try:
             jwt.decode(
                 token,

@@ -1,0 +1,144 @@
+"""What operators rely on: the audit trail, checks that can fail, secrets kept out of storage."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from partners_dagster.cli import main
+from partners_dagster.progress import CoursePlan
+from partners_dagster.sandbox import DEFAULT_CONSUMER_SECRET, Faults
+from partners_dagster.teachcomputing.repository import TeachComputingRepository, _plan_violations
+
+from .harness import Night, check_metadata, check_results, materialization_metadata
+
+
+@pytest.fixture
+def night(tiny_dataset, tmp_path):
+    night = Night(tiny_dataset, tmp_path)
+    yield night
+    night.close()
+
+
+def test_audit_shows_links_and_transitions_with_run_ids(night):
+    memberships_run, progress_run = night.both_steps()
+    user = night.query(
+        "SELECT u.id, u.email FROM users u JOIN achievements a ON a.user_id = u.id "
+        "JOIN achievement_transitions t ON t.achievement_id = a.id LIMIT 1"
+    ).iloc[0]
+    runner = CliRunner()
+    masked = runner.invoke(
+        main, ["audit", f"  {user['email'].upper()} ", "--database-url", night.database_url]
+    )
+    assert masked.exit_code == 0, masked.output
+    assert user["id"] in masked.output
+    assert memberships_run.run_id in masked.output and progress_run.run_id in masked.output
+    assert user["email"] not in masked.output and "***@" in masked.output
+    shown = runner.invoke(
+        main, ["audit", user["id"], "--show-emails", "--database-url", night.database_url]
+    )
+    assert user["email"] in shown.output
+    missing = runner.invoke(
+        main, ["audit", "nobody@example.org", "--database-url", night.database_url]
+    )
+    assert missing.exit_code != 0 and "no Teach Computing user" in missing.output
+
+
+def test_malformed_enrolments_fail_their_check_and_leave_the_course_untouched(night, tiny_dataset):
+    night.both_steps()
+    runs = tiny_dataset.runs
+    run = runs[runs["course_uuid"].isin(tiny_dataset.known_course_uuids)].iloc[0]
+    course = run["course_uuid"]
+    before = night.query("SELECT * FROM achievements ORDER BY id")
+    report = json.loads(
+        night.api._report_json(night.server.url, tiny_dataset.run_index[run["run_uuid"]])
+    )
+    report[0]["steps_completed_ratio"] = "lots"
+    for row in report[1:]:
+        row["steps_completed_ratio"] = 1.0  # would complete everybody, if it were applied
+    path = f"/partners/course_runs/{run['run_uuid']}/course_enrolments_report"
+    night.api.faults = Faults(overrides={path: {"body": json.dumps(report)}})
+    night.cache_path.unlink()
+    result = night.run("update_progress_job")
+    assert check_results(result)["no_malformed_enrolments"] is False
+    assert materialization_metadata(result, "course_enrolments")["records_rejected"] == 1
+    check = check_metadata(result, "no_malformed_enrolments")
+    assert check["records_rejected"] == 1
+    assert "steps_completed_ratio must be a number" in check["first_reasons"]
+    assert course in materialization_metadata(result, "achievement_progress")["skipped_courses"]
+    after = night.query("SELECT * FROM achievements ORDER BY id")
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_ambiguous_matches_fail_their_check_and_link_nobody(night, tiny_dataset):
+    member = tiny_dataset.memberships.query("kind == 'user_id'").iloc[0]
+    someone_else = tiny_dataset.users["id"].iat[-1]
+    with night.engine.begin() as connection:  # a user whose email is, absurdly, another user's id
+        connection.exec_driver_sql(
+            "UPDATE users SET email = ? WHERE id = ?", (member["external_learner_id"], someone_else)
+        )
+    result = night.run("update_memberships_job")
+    assert check_results(result)["no_ambiguous_matches"] is False
+    assert materialization_metadata(result, "membership_links")["memberships_ambiguous"] == 1
+    linked = night.query(
+        f"SELECT * FROM future_learn_organisation_memberships WHERE uuid = '{member['membership_uuid']}'"
+    )
+    assert linked.empty
+
+
+def test_progress_check_counts_what_it_guards(night):
+    night.both_steps()
+    stored = night.query("SELECT id, user_id, progress, current_state FROM achievements")
+    complete = stored[stored["current_state"] == "complete"].iloc[0]
+    partial = stored[stored["current_state"] == "in_progress"].iloc[0]
+    bad = CoursePlan(
+        updates=[
+            {"id": complete["id"], "progress": 100, "current_state": "complete"},
+            {
+                "id": partial["id"],
+                "progress": int(partial["progress"]) - 1,
+                "current_state": "in_progress",
+            },
+        ]
+    )
+    assert _plan_violations(stored, bad) == {"progress_decreases": 1, "complete_changed": 1}
+    assert _plan_violations(stored, CoursePlan()) == {
+        "progress_decreases": 0,
+        "complete_changed": 0,
+    }
+    repository = TeachComputingRepository(night.engine)
+    with night.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO achievement_transitions (achievement_id, from_state, to_state, sort_key, most_recent, metadata, created_at) "
+            "VALUES (?, 'complete', 'dropped', 999, 0, ?, '2027-01-01 00:00:00')",
+            (complete["id"], json.dumps({"dagster_run_id": "bad-run"})),
+        )
+    assert repository.run_audit("bad-run") == {"transitions": 1, "transitions_from_complete": 1}
+
+
+def test_no_secret_or_token_in_storage_cache_or_logs(tiny_dataset, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    night = Night(tiny_dataset, tmp_path)
+    try:
+        night.both_steps()
+        tokens = set(night.api.tokens_seen)
+        event_text = "".join(
+            str(record)
+            for run in night.instance.get_runs()
+            for record in night.instance.all_logs(run.run_id)
+        )
+    finally:
+        night.close()
+    assert len(event_text) > 10_000
+    stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert (
+        tokens and tiny_dataset.runs["run_uuid"].iat[0].encode() in stored
+    )  # the grep sees what is there
+    for text in (DEFAULT_CONSUMER_SECRET, *tokens):
+        assert text.encode() not in stored
+        assert text not in event_text
+        assert text not in caplog.text
