@@ -8,6 +8,7 @@ import pandas as pd
 from sqlalchemy import Engine, func, select
 
 from .rules import canonical_uuid, normalise_email
+from .teachcomputing.engine import read_only
 from .teachcomputing.models import (
     Achievement,
     AchievementTransition,
@@ -34,7 +35,7 @@ class UserAudit:
 
 def audit_user(engine: Engine, who: str) -> UserAudit:
     """``who`` is a user id or an email address (any letter case)."""
-    with engine.connect() as connection:
+    with read_only(engine) as connection:
         as_id = canonical_uuid(who)
         condition = User.id == as_id if as_id else func.lower(User.email) == normalise_email(who)
         user = connection.execute(select(User.id, User.email).where(condition)).first()

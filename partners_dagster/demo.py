@@ -20,7 +20,7 @@ from .sandbox import (
     SandboxServer,
     generate,
 )
-from .teachcomputing.engine import make_engine
+from .teachcomputing.engine import make_engine, read_only
 from .teachcomputing.migrate import upgrade
 from .teachcomputing.seed import seed_from_dataset
 
@@ -127,7 +127,7 @@ def run_demo(scale: str, seed: int, say: Callable[[str], None] = print) -> int:
 
 def summary(embedded: Embedded, results: dict, timings: dict) -> str:
     engine = make_engine(embedded.database_url)
-    with engine.connect() as connection:
+    with read_only(engine) as connection:
         links = pd.read_sql_query(
             "SELECT count(*) AS n FROM future_learn_organisation_memberships", connection
         )["n"].iat[0]

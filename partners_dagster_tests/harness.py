@@ -3,6 +3,10 @@ temporary Dagster instance running the real jobs."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from datetime import UTC, datetime
@@ -36,6 +40,7 @@ class Night:
         database_url: str | None = None,
         ignored_course_uuids: str = "",
         cache: bool = True,
+        **api_options,
     ):
         self.dataset = dataset
         self.server = SandboxServer(SandboxApi(dataset)).start()
@@ -51,8 +56,7 @@ class Night:
                 consumer_secret=DEFAULT_CONSUMER_SECRET,
                 cache=str(self.cache_path) if cache else "",
                 ignored_course_uuids=ignored_course_uuids,
-                max_attempts=3,
-                backoff_initial_seconds=0.01,
+                **{"max_attempts": 3, "backoff_initial_seconds": 0.01, **api_options},
             ),
             "teachcomputing_db": TeachComputingDatabaseResource(database_url=self.database_url),
         }
@@ -77,10 +81,85 @@ class Night:
         with self.engine.connect() as connection:
             return pd.read_sql_query(sql, connection)
 
+    def state(self) -> dict[str, pd.DataFrame]:
+        """The database's meaning, free of ids, timestamps and run ids that differ between
+        equivalent nights: what two nights must agree on."""
+        links = self.query("SELECT uuid, user_id FROM future_learn_organisation_memberships")
+        achievements = self.query(
+            "SELECT user_id, activity_id, programme_id, progress, current_state FROM achievements"
+        )
+        transitions = self.query(
+            "SELECT a.user_id, a.activity_id, t.from_state, t.to_state, t.sort_key, t.most_recent, t.metadata "
+            "FROM achievement_transitions t JOIN achievements a ON a.id = t.achievement_id"
+        )
+        transitions["metadata"] = transitions["metadata"].map(_without_run_id)
+        transitions["most_recent"] = transitions["most_recent"].astype(bool)
+        jobs = self.query("SELECT job_class, arguments FROM pending_jobs")
+        jobs["arguments"] = jobs["arguments"].map(lambda v: json.dumps(_json(v), sort_keys=True))
+        frames = {
+            "links": links,
+            "achievements": achievements,
+            "transitions": transitions,
+            "pending_jobs": jobs,
+        }
+        # PostgreSQL hands back uuid.UUID objects where SQLite has text.
+        frames = {
+            name: f.map(lambda v: str(v) if isinstance(v, uuid.UUID) else v)
+            for name, f in frames.items()
+        }
+        return {
+            name: f.sort_values(list(f.columns), ignore_index=True) for name, f in frames.items()
+        }
+
+    def environment(self, dagster_home: Path) -> dict[str, str]:
+        """The environment a deployed process would run this night with."""
+        api = self.resources["partners_api"]
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        return {
+            **os.environ,
+            "FL_PARTNERS_URL": self.server.url,
+            "FL_PARTNERS_CONSUMER_KEY": api.consumer_key,
+            "FL_PARTNERS_CONSUMER_SECRET": api.consumer_secret,
+            "FL_PARTNERS_CACHE": api.cache,
+            "TEACHCOMPUTING_DATABASE_URL": self.database_url,
+            "DAGSTER_HOME": str(dagster_home),
+        }
+
+    def spawn(self, job_name: str, dagster_home: Path) -> subprocess.Popen:
+        """The job in its own process, as `dagster job execute` runs it from the command line."""
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "job",
+                "execute",
+                "-m",
+                "partners_dagster",
+                "-j",
+                job_name,
+            ],
+            env=self.environment(dagster_home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def close(self) -> None:
         self._instance_cm.__exit__(None, None, None)
         self.server.stop()
         self.engine.dispose()
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _without_run_id(value) -> str:
+    metadata = dict(_json(value))
+    metadata.pop("dagster_run_id", None)
+    return json.dumps(metadata, sort_keys=True)
 
 
 def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:

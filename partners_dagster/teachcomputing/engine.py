@@ -5,11 +5,18 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..settings import ConfigurationError
+
+READ_ONLY = "partners_dagster_read_only"
+
+
+def read_only(engine: Engine) -> Connection:
+    """A connection for reads only: on SQLite it does not take the write lock."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
 
 
 def make_engine(url: str) -> Engine:
@@ -42,7 +49,8 @@ def _sqlite_engine(url) -> Engine:
             raise ConfigurationError(
                 f"TEACHCOMPUTING_DATABASE_URL: cannot create {url.database!r}: {error}"
             ) from None
-    engine = create_engine(url, connect_args={"timeout": 60})
+    # Wait up to a minute for another writer (a URL's ?timeout=N overrides it).
+    engine = create_engine(url, connect_args={} if "timeout" in url.query else {"timeout": 60})
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection, _record) -> None:
@@ -56,8 +64,12 @@ def _sqlite_engine(url) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection) -> None:
-        # Take the write lock at the start: two writers never read the same state and
-        # then both write (the SQLite counterpart of SELECT ... FOR UPDATE).
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writing transaction takes the write lock at its start, so two writers never read
+        # the same state and then both write (SQLite's SELECT ... FOR UPDATE). Reads marked
+        # read_only (see read_only()) start deferred and, under WAL, never wait for a writer.
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..progress import CoursePlan
 from ..rules import ProgrammeEnrolment, programme_for_new_achievement
+from .engine import read_only
 from .models import (
     Achievement,
     AchievementTransition,
@@ -70,7 +71,7 @@ class TeachComputingRepository:
     # -- reads -----------------------------------------------------------------------------
 
     def _frame(self, statement, columns: list[str]) -> pd.DataFrame:
-        with self.engine.connect() as connection:
+        with read_only(self.engine) as connection:
             rows = connection.execute(statement).all()
         return pd.DataFrame(rows, columns=columns)
 
@@ -107,7 +108,7 @@ class TeachComputingRepository:
         return self._frame(select(User.id, User.email), ["id", "email"])
 
     def user_count(self) -> int:
-        with self.engine.connect() as connection:
+        with read_only(self.engine) as connection:
             return connection.execute(select(func.count()).select_from(User)).scalar_one()
 
     def current_programme_enrolments(self) -> pd.DataFrame:
@@ -229,7 +230,7 @@ class TeachComputingRepository:
         """What one Dagster run wrote to achievement_transitions."""
         t = AchievementTransition
         run = t.transition_metadata["dagster_run_id"].as_string() == dagster_run_id
-        with self.engine.connect() as connection:
+        with read_only(self.engine) as connection:
             total = connection.execute(select(func.count()).where(run)).scalar_one()
             from_complete = connection.execute(
                 select(func.count()).where(run, t.from_state == "complete")
