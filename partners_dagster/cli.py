@@ -139,6 +139,41 @@ def audit(user: str, show_emails: bool, database_url: str | None) -> None:
     click.echo(format_audit(found, show_emails=show_emails))
 
 
+@main.command()
+@click.option(
+    "--scale",
+    default="small",
+    show_default=True,
+    type=click.Choice(["tiny", "small", "medium", "large"]),
+)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Added latency per API request.",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="Benchmark against this database (default: a fresh SQLite file).",
+)
+@click.option(
+    "--concurrency", default=4, show_default=True, type=int, help="Concurrent API requests."
+)
+@click.option("--output", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
+def bench(scale, seed, latency_ms, database_url, concurrency, output) -> None:
+    """Two nights (first, then steady) through the real jobs, with a table of measurements."""
+    from pathlib import Path
+
+    from .bench import run_bench
+
+    raise SystemExit(
+        run_bench(scale, seed, latency_ms, database_url, concurrency, Path(output), say=click.echo)
+    )
+
+
 @main.group()
 @click.option(
     "--database-url",

@@ -8,7 +8,9 @@ expire while it waits out a ``Retry-After``. Every attempt below asks the
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -101,7 +103,9 @@ def make_cache_backend(location: str | None) -> requests_cache.BaseCache | None:
     path = Path(location)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = requests_cache.SQLiteCache(path, wal=True)
+        # WAL lets readers and the writer overlap; fast_save skips the fsync per response
+        # (a cache lost in a crash is refilled from the API, nothing else is lost).
+        backend = requests_cache.SQLiteCache(path, wal=True, fast_save=True)
         backend.responses.count()  # opens the file now, so a bad path fails here
     except Exception as error:
         raise ConfigurationError(
@@ -112,6 +116,12 @@ def make_cache_backend(location: str | None) -> requests_cache.BaseCache | None:
 
 def _is_json_response(response: requests.Response) -> bool:
     return response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
+
+
+def _cache_key(request: requests.PreparedRequest, **_: Any) -> str:
+    """Method and URL only: our URLs are canonical, and the key must never depend on the token.
+    (requests-cache's default key normalises every request, a cost paid on each cache hit.)"""
+    return hashlib.sha256(f"{request.method} {request.url}".encode()).hexdigest()[:32]
 
 
 def _is_cacheable(response: requests.Response) -> bool:
@@ -257,11 +267,15 @@ class PartnersApiClient:
                     # Not part of the cache key, and redacted from what is stored.
                     ignored_parameters=("Authorization",),
                     match_headers=False,
+                    key_fn=_cache_key,
                     autoclose=False,
                 )
             session.headers.update(
                 {"Accept": "application/json", "Content-Type": "application/json"}
             )
+            if not any(name.lower().endswith("_proxy") for name in os.environ):
+                # No proxy configured: skip requests' scan of the environment on every request.
+                session.trust_env = False
             self._local.session = session
         return session
 

@@ -306,3 +306,85 @@ def generate(scale: str = "tiny", seed: int = 1) -> SandboxDataset:
 
 def iso_timestamp(epoch: int) -> str | None:
     return None if epoch < 0 else _iso(epoch)
+
+
+def advance_night(
+    dataset: SandboxDataset, seed: int, *, new_learners: float = 0.01, changes: float = 0.05
+) -> dict:
+    """The next night's data: ``changes`` of the enrolments progress (some learners leave),
+    and ``new_learners`` (as a share of learners) Teach Computing users who had never used
+    FutureLearn join, by id or email, and enrol on a few runs. Changes ``dataset`` in place."""
+    rng = np.random.default_rng(seed)
+    enrolments = dataset.enrolments.copy()
+    steps = dataset.courses.set_index("course_uuid")["steps"]
+    run_steps = dataset.runs["course_uuid"].map(steps).to_numpy()
+
+    changed = rng.random(len(enrolments)) < changes
+    total = run_steps[enrolments["run"].to_numpy()]
+    count = enrolments["steps_completed_count"].to_numpy()
+    grown = np.minimum(
+        total, count + 1 + (rng.random(len(count)) * (total - count)).astype(np.int64)
+    )
+    count = np.where(changed, grown, count)
+    leaving = changed & ~enrolments["deactivated"].to_numpy() & (rng.random(len(count)) < 0.1)
+    enrolments["steps_completed_count"] = count
+    enrolments["steps_completed_ratio"] = count / total
+    enrolments["deactivated"] = enrolments["deactivated"].to_numpy() | leaving
+    enrolments["deactivated_at"] = np.where(
+        leaving, enrolments["activated_at"] + 20 * DAY, enrolments["deactivated_at"]
+    )
+
+    # New learners: users without a membership yet.
+    with_membership = set(dataset.memberships["learner"])
+    candidates = [i for i in range(len(dataset.users)) if i not in with_membership]
+    n_new = min(
+        len(candidates), max(1, int(dataset.memberships["learner"].nunique() * new_learners))
+    )
+    chosen = (
+        rng.choice(np.array(candidates), n_new, replace=False)
+        if n_new
+        else np.array([], dtype=np.int64)
+    )
+    users = dataset.users
+    by_id = rng.random(n_new) < 0.5
+    new_memberships = pd.DataFrame(
+        {
+            "membership_uuid": _uuids(rng, n_new),
+            "learner": chosen,
+            "learner_uuid": _uuids(rng, n_new),
+            "external_learner_id": [
+                users["id"].iat[u] if i else users["email"].iat[u].upper()
+                for u, i in zip(chosen, by_id, strict=True)
+            ],
+            "kind": np.where(by_id, "user_id", "email_other_case"),
+            "found": True,
+        }
+    )
+    first_new = len(dataset.memberships)
+    known_runs = np.flatnonzero(
+        dataset.runs["course_uuid"].isin(dataset.known_course_uuids).to_numpy()
+    )
+    per_learner = rng.integers(1, 4, n_new)
+    run = rng.choice(known_runs, per_learner.sum())
+    start = dataset.runs["start_time"].to_numpy()[run]
+    ratio_steps = run_steps[run]
+    new_count = (rng.random(len(run)) * (ratio_steps + 1)).astype(np.int64).clip(0, ratio_steps)
+    new_enrolments = pd.DataFrame(
+        {
+            "run": run,
+            "membership": first_new + np.repeat(np.arange(n_new), per_learner),
+            "deactivated": False,
+            "activated_at": start + 400 * DAY,
+            "deactivated_at": -1,
+            "steps_completed_count": new_count,
+            "steps_completed_ratio": new_count / ratio_steps,
+        }
+    ).drop_duplicates(["run", "membership"])
+    dataset.memberships = pd.concat([dataset.memberships, new_memberships], ignore_index=True)
+    dataset.enrolments = pd.concat([enrolments, new_enrolments], ignore_index=True)
+    dataset.reindex()
+    return {
+        "enrolments_changed": int(changed.sum()),
+        "new_learners": int(n_new),
+        "new_enrolments": len(new_enrolments),
+    }

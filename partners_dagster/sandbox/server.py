@@ -114,7 +114,7 @@ class SandboxApi:
         self.requests: Counter = Counter()  # endpoint -> requests received
         self.responses: Counter = Counter()  # (endpoint, status) -> responses sent
         self.tokens_seen: set[str] = set()  # every bearer token presented, for leak tests
-        self._membership_uuids = dataset.memberships["membership_uuid"].to_numpy()
+        self._index_memberships()
         self.app = Starlette(
             routes=[
                 Route("/partners/course_runs", self.course_runs),
@@ -127,7 +127,21 @@ class SandboxApi:
                 Route("/_sandbox/stats", self.stats),
                 Route("/_sandbox/stats/reset", self.reset_stats, methods=["POST"]),
                 Route("/_sandbox/faults", self.set_faults, methods=["GET", "PUT"]),
+                Route("/_sandbox/advance", self.advance, methods=["POST"]),
             ]
+        )
+
+    def _index_memberships(self) -> None:
+        # Plain lists: a pandas row lookup per request would dominate the sandbox's time.
+        memberships = self.dataset.memberships
+        self._membership_uuids = memberships["membership_uuid"].tolist()
+        self._membership_rows = list(
+            zip(
+                memberships["learner_uuid"].tolist(),
+                memberships["external_learner_id"].tolist(),
+                memberships["found"].tolist(),
+                strict=True,
+            )
         )
 
     # -- control ---------------------------------------------------------------------------
@@ -146,6 +160,16 @@ class SandboxApi:
             self.requests.clear()
             self.responses.clear()
         return JSONResponse({"ok": True})
+
+    async def advance(self, request: Request) -> Response:
+        """Move the data on to the next night (see ``dataset.advance_night``)."""
+        from .dataset import advance_night
+
+        body = await request.json()
+        with self._lock:
+            changes = advance_night(self.dataset, int(body.get("seed", 1)))
+            self._index_memberships()
+        return JSONResponse(changes)
 
     async def set_faults(self, request: Request) -> Response:
         if request.method == "PUT":

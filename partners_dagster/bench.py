@@ -1,0 +1,297 @@
+"""``partners-dagster bench``: two nights through the real jobs, measured.
+
+The sandbox runs in its own process (as the real API would be elsewhere); each job runs
+in its own process too, as ``dagster job execute`` runs it, so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jwt
+import requests
+
+from . import settings
+from .sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, generate
+from .teachcomputing.engine import make_engine, read_only
+from .teachcomputing.migrate import downgrade, upgrade
+from .teachcomputing.seed import seed_from_dataset
+
+JOBS = ("update_memberships_job", "update_progress_job")
+ENDPOINTS = ("course_runs", "course_run", "course_enrolments_report", "organisation_membership")
+
+
+def start_sandbox(scale: str, seed: int, latency_ms: float) -> tuple[subprocess.Popen, str]:
+    command = [
+        sys.executable,
+        "-m",
+        "partners_dagster.cli",
+        "sandbox",
+        "--port",
+        "0",
+        "--scale",
+        scale,
+    ]
+    command += ["--seed", str(seed), "--latency-ms", str(latency_ms)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("FL_PARTNERS_URL="):
+            return process, line.split("=", 1)[1].strip()
+    raise RuntimeError("the sandbox did not start")
+
+
+def run_job(job: str, env: dict[str, str]) -> dict:
+    """One job in its own process; wall time and that process's peak resident memory."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "job", "execute", "-m", "partners_dagster", "-j", job],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "ok": process.returncode == 0,
+        "output_tail": "" if process.returncode == 0 else output[-3000:],
+    }
+
+
+def run_metadata(dagster_home: Path, job: str) -> dict:
+    """The newest run of ``job``: its duration and its assets' metadata, from the instance."""
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        (record,) = instance.get_run_records(dg.RunsFilter(job_name=job), limit=1)
+        stats = instance.get_run_stats(record.dagster_run.run_id)
+        metadata: dict = {}
+        for entry in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ):
+            materialization = entry.asset_materialization
+            metadata[materialization.asset_key.to_user_string()] = {
+                k: v.value
+                for k, v in materialization.metadata.items()
+                if isinstance(v.value, int | float)
+            }
+        steps = {
+            step.step_key: round((step.end_time or 0) - (step.start_time or 0), 2)
+            for step in instance.get_run_step_stats(record.dagster_run.run_id)
+        }
+    return {
+        "run_seconds": round((stats.end_time or 0) - (stats.start_time or 0), 2),
+        "steps": steps,
+        "assets": metadata,
+    }
+
+
+def floor(url: str, paths: list[str], concurrency: int) -> float:
+    """Download and parse the same responses with bare requests + json, same concurrency."""
+    token = {"value": "", "expires": 0.0}
+
+    def auth() -> dict:
+        if time.time() > token["expires"] - 30:
+            now = int(time.time())
+            claims = {"iss": DEFAULT_CONSUMER_KEY, "iat": now, "exp": now + 90}
+            token.update(
+                value=jwt.encode(claims, DEFAULT_CONSUMER_SECRET, algorithm="HS256"),
+                expires=now + 90,
+            )
+        return {"Authorization": f"Bearer {token['value']}"}
+
+    session = requests.Session()
+    session.trust_env = False
+
+    def get(path: str) -> None:
+        response = session.get(url + path, headers=auth(), timeout=60)
+        json.loads(response.content)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(get, paths))
+    return round(time.perf_counter() - started, 2)
+
+
+def floor_paths(url: str, database_url: str, known_courses: set[str]) -> list[str]:
+    """What step 1 must download tonight: the runs, every known run's report, and every
+    membership on those reports not yet linked."""
+    token = jwt.encode(
+        {"iss": DEFAULT_CONSUMER_KEY, "iat": int(time.time()), "exp": int(time.time()) + 90},
+        DEFAULT_CONSUMER_SECRET,
+        algorithm="HS256",
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    runs = requests.get(f"{url}/partners/course_runs", headers=headers, timeout=60).json()
+    known_runs = [r["uuid"] for r in runs if r["course"]["uuid"] in known_courses]
+    engine = make_engine(database_url)
+    with read_only(engine) as connection:
+        linked = {
+            str(u)
+            for (u,) in connection.exec_driver_sql(
+                "SELECT uuid FROM future_learn_organisation_memberships"
+            )
+        }
+    engine.dispose()
+    members: set[str] = set()
+    for run in known_runs:
+        path = f"{url}/partners/course_runs/{run}/course_enrolments_report"
+        members.update(
+            e["organisation_membership"]["uuid"]
+            for e in requests.get(path, headers=headers, timeout=60).json()
+        )
+    paths = ["/partners/course_runs"]
+    paths += [f"/partners/course_runs/{r}/course_enrolments_report" for r in known_runs]
+    paths += [f"/partners/organisation_memberships/{m}" for m in sorted(members - linked)]
+    return paths
+
+
+def run_bench(
+    scale: str,
+    seed: int,
+    latency_ms: float,
+    database_url: str | None,
+    concurrency: int,
+    output: Path,
+    say: Callable[[str], None] = print,
+) -> int:
+    workdir = settings.data_dir() / f"bench-{scale}"
+    if workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)
+    (workdir / "dagster_home").mkdir(parents=True)
+    (workdir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    database_url = database_url or f"sqlite:///{workdir / 'teachcomputing.sqlite3'}"
+
+    dataset = generate(scale, seed)
+    engine = make_engine(database_url)
+    if engine.dialect.name == "postgresql":
+        downgrade(engine, "base")
+    upgrade(engine)
+    seed_from_dataset(engine, dataset)
+    engine.dispose()
+    known = set(dataset.known_course_uuids)
+
+    sandbox, url = start_sandbox(scale, seed, latency_ms)
+    say(
+        f"bench: {scale} (seed {seed}), {len(dataset.runs)} runs, {len(dataset.enrolments)} enrolments, "
+        f"latency {latency_ms:g} ms, concurrency {concurrency}, sandbox {url}"
+    )
+    env = {
+        **os.environ,
+        "FL_PARTNERS_URL": url,
+        "FL_PARTNERS_CONSUMER_KEY": DEFAULT_CONSUMER_KEY,
+        "FL_PARTNERS_CONSUMER_SECRET": DEFAULT_CONSUMER_SECRET,
+        "FL_PARTNERS_CACHE": str(workdir / "partners_api_cache.sqlite3"),
+        "FL_PARTNERS_MAX_CONCURRENCY": str(concurrency),
+        "TEACHCOMPUTING_DATABASE_URL": database_url,
+        "DAGSTER_HOME": str(workdir / "dagster_home"),
+        "PARTNERS_DAGSTER_DATA": str(workdir),
+    }
+    report: dict = {
+        "scale": scale,
+        "seed": seed,
+        "latency_ms": latency_ms,
+        "concurrency": concurrency,
+        "database": make_engine(database_url).dialect.name,
+        "nights": {},
+    }
+    failed = False
+    try:
+        for night in ("first", "steady"):
+            if night == "steady":
+                changes = requests.post(
+                    f"{url}/_sandbox/advance", json={"seed": seed + 1}, timeout=120
+                ).json()
+                say(f"advanced the sandbox one night: {changes}")
+                # A day later the 5-hour response cache has expired.
+                for stale in workdir.glob("partners_api_cache.sqlite3*"):
+                    stale.unlink()
+            paths = floor_paths(url, database_url, known)
+            floor_seconds = floor(url, paths, concurrency)
+            results = {"floor": {"requests": len(paths), "seconds": floor_seconds}}
+            for job in JOBS:
+                requests.post(f"{url}/_sandbox/stats/reset", timeout=10)
+                measured = run_job(job, env)
+                measured["network_requests"] = requests.get(
+                    f"{url}/_sandbox/stats", timeout=10
+                ).json()["requests"]
+                if measured["ok"]:
+                    measured.update(run_metadata(workdir / "dagster_home", job))
+                else:
+                    failed = True
+                    say(measured["output_tail"])
+                results[job] = measured
+            report["nights"][night] = results
+            say(format_night(night, results))
+    finally:
+        sandbox.kill()
+        sandbox.wait()
+    output.write_text(json.dumps(report, indent=2, default=str))
+    say(f"figures written to {output}")
+    return 1 if failed else 0
+
+
+def format_night(night: str, results: dict) -> str:
+    lines = [
+        f"\n{night} night",
+        f"{'':26}{'wall s':>8}{'run s':>8}{'peak MiB':>10}  network requests / cache hits by endpoint",
+    ]
+    for job in JOBS:
+        r = results[job]
+        assets = r.get("assets", {})
+        hits = {
+            "course_runs": assets.get("course_runs", {}).get("api_cache_hits", 0),
+            "course_enrolments_report": assets.get("course_enrolments", {}).get(
+                "api_cache_hits", 0
+            ),
+            "organisation_membership": assets.get("organisation_memberships", {}).get(
+                "api_cache_hits", 0
+            ),
+        }
+        traffic = ", ".join(
+            f"{e} {r['network_requests'].get(e, 0)}/{hits.get(e, 0)}"
+            for e in ENDPOINTS
+            if r["network_requests"].get(e) or hits.get(e)
+        )
+        lines.append(
+            f"  {job:<24}{r['wall_seconds']:8.1f}{r.get('run_seconds', 0):8.1f}{r['peak_rss_mib']:10.0f}  {traffic or '-'}"
+        )
+        if r.get("steps"):
+            lines.append(
+                f"  {'':24}steps s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
+            )
+        written = _rows_written(assets)
+        if written:
+            lines.append(f"  {'':24}rows: {written}")
+    total = sum(results[j]["wall_seconds"] for j in JOBS)
+    lines.append(f"  {'both jobs':<24}{total:8.1f}")
+    lines.append(
+        f"  {'floor (bare download)':<24}{results['floor']['seconds']:8.1f}  {results['floor']['requests']} requests"
+    )
+    return "\n".join(lines)
+
+
+def _rows_written(assets: dict) -> str:
+    picks = [
+        ("course_enrolments", "enrolments", "enrolments read"),
+        ("membership_links", "memberships_linked", "links written"),
+        ("achievement_progress", "achievements_created", "achievements created"),
+        ("achievement_progress", "achievements_progressed", "progressed"),
+        ("achievement_progress", "pending_jobs_queued", "pending jobs"),
+    ]
+    return ", ".join(
+        f"{label} {assets[a][k]}" for a, k, label in picks if a in assets and k in assets[a]
+    )
