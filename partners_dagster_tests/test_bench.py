@@ -1,0 +1,53 @@
+"""The benchmark is not a test; this keeps it working, at the tiny scale."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_runs_two_nights_and_writes_its_figures(tmp_path):
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "partners_dagster.cli",
+            "bench",
+            "--scale",
+            "tiny",
+            "--output",
+            str(output),
+        ],
+        env={"PATH": "/usr/bin:/bin", "PARTNERS_DAGSTER_DATA": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (
+        "first night" in result.stdout
+        and "steady night" in result.stdout
+        and "floor" in result.stdout
+    )
+    report = json.loads(output.read_text())
+    first, steady = report["nights"]["first"], report["nights"]["steady"]
+    for night in (first, steady):
+        for job in ("update_memberships_job", "update_progress_job"):
+            assert (
+                night[job]["ok"]
+                and night[job]["wall_seconds"] > 0
+                and night[job]["peak_rss_mib"] > 50
+            )
+        # Step 2 reads through step 1's cache: no network request at all.
+        assert sum(night["update_progress_job"]["network_requests"].values()) == 0
+        assert night["floor"]["requests"] > 0
+    assert first["update_memberships_job"]["assets"]["membership_links"]["memberships_linked"] > 0
+    assert (
+        steady["update_memberships_job"]["assets"]["membership_links"]["memberships_linked"] > 0
+    )  # new learners
+    assert (
+        steady["update_progress_job"]["assets"]["achievement_progress"]["achievements_progressed"]
+        > 0
+    )
