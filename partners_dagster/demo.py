@@ -81,6 +81,14 @@ def prepare(scale: str, seed: int, say: Callable[[str], None]) -> Embedded:
     return Embedded(server, data_dir, database_url, env)
 
 
+WORKSPACE_YAML = """\
+load_from:
+  - python_module:
+      module_name: partners_dagster.definitions
+      attribute: defs
+      location_name: partners_dagster
+"""
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 JOBS = ("update_memberships_job", "update_progress_job")
 
