@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import click
 
+SCALES = ["tiny", "small", "medium", "large"]
+scale_option = click.option(
+    "--scale", default="small", show_default=True, type=click.Choice(SCALES)
+)
+seed_option = click.option("--seed", default=1, show_default=True, type=int, help="Dataset seed.")
+
 
 @click.group()
 def main() -> None:
@@ -15,13 +21,8 @@ def main() -> None:
     "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
 )
 @click.option("--port", default=8765, show_default=True, type=int, help="0 picks a free port.")
-@click.option(
-    "--scale",
-    default="small",
-    show_default=True,
-    type=click.Choice(["tiny", "small", "medium", "large"]),
-)
-@click.option("--seed", default=1, show_default=True, type=int)
+@scale_option
+@seed_option
 @click.option("--consumer-key", envvar="FL_PARTNERS_CONSUMER_KEY", default=None)
 @click.option("--consumer-secret", envvar="FL_PARTNERS_CONSUMER_SECRET", default=None)
 @click.option("--latency-ms", default=0.0, type=float, help="Added latency per request.")
@@ -92,13 +93,8 @@ def sandbox(
 
 
 @main.command()
-@click.option(
-    "--scale",
-    default="small",
-    show_default=True,
-    type=click.Choice(["tiny", "small", "medium", "large"]),
-)
-@click.option("--seed", default=1, show_default=True, type=int)
+@scale_option
+@seed_option
 def demo(scale: str, seed: int) -> None:
     """Run both nightly jobs end to end on the embedded defaults (sandbox API, SQLite)."""
     from .demo import run_demo
@@ -107,13 +103,8 @@ def demo(scale: str, seed: int) -> None:
 
 
 @main.command()
-@click.option(
-    "--scale",
-    default="small",
-    show_default=True,
-    type=click.Choice(["tiny", "small", "medium", "large"]),
-)
-@click.option("--seed", default=1, show_default=True, type=int)
+@scale_option
+@seed_option
 @click.option("--port", default=3000, show_default=True, type=int)
 def ui(scale: str, seed: int, port: int) -> None:
     """The demo's setup and runs, then the Dagster UI (dagster dev) on them."""
@@ -140,13 +131,8 @@ def audit(user: str, show_emails: bool, database_url: str | None) -> None:
 
 
 @main.command()
-@click.option(
-    "--scale",
-    default="small",
-    show_default=True,
-    type=click.Choice(["tiny", "small", "medium", "large"]),
-)
-@click.option("--seed", default=1, show_default=True, type=int)
+@scale_option
+@seed_option
 @click.option(
     "--latency-ms",
     default=0.0,
@@ -224,13 +210,8 @@ def db_downgrade(engine, revision: str) -> None:
     required=True,
     help="Seed from a sandbox dataset.",
 )
-@click.option(
-    "--scale",
-    default="small",
-    show_default=True,
-    type=click.Choice(["tiny", "small", "medium", "large"]),
-)
-@click.option("--seed", default=1, show_default=True, type=int)
+@scale_option
+@seed_option
 @click.pass_obj
 def db_seed(engine, from_sandbox: bool, scale: str, seed: int) -> None:
     """Load the Teach Computing side of a sandbox dataset into an empty database."""
