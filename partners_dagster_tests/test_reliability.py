@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import threading
 import time
 
@@ -143,18 +144,21 @@ def test_a_locked_database_fails_the_run_clearly_and_rolls_the_course_back(tiny_
     try:
         night.run("update_memberships_job")
         before = night.query("SELECT count(*) AS n FROM achievements")["n"].iat[0]
-        locker = night.engine.connect()
+        # Another program holds the database's write lock (a plain sqlite3 connection).
+        locker = sqlite3.connect(
+            tmp_path / "tc.sqlite3", isolation_level=None, check_same_thread=False
+        )
         ready, release = threading.Event(), threading.Event()
 
         def hold_the_lock():
-            locker.exec_driver_sql("BEGIN EXCLUSIVE")
+            locker.execute("BEGIN EXCLUSIVE")
             ready.set()
             release.wait(30)
-            locker.exec_driver_sql("ROLLBACK")
+            locker.execute("ROLLBACK")
 
         holder = threading.Thread(target=hold_the_lock)
         holder.start()
-        ready.wait(5)
+        assert ready.wait(5)
         try:
             result = night.run("update_progress_job", raise_on_error=False)
         finally:

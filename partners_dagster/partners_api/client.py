@@ -104,8 +104,9 @@ def make_cache_backend(location: str | None) -> requests_cache.BaseCache | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # WAL lets readers and the writer overlap; fast_save skips the fsync per response
-        # (a cache lost in a crash is refilled from the API, nothing else is lost).
-        backend = requests_cache.SQLiteCache(path, wal=True, fast_save=True)
+        # (a cache lost in a crash is refilled from the API, nothing else is lost); another
+        # process writing the same file (two nights at once) is waited for, not an error.
+        backend = requests_cache.SQLiteCache(path, wal=True, fast_save=True, busy_timeout=60_000)
         backend.responses.count()  # opens the file now, so a bad path fails here
     except Exception as error:
         raise ConfigurationError(

@@ -322,10 +322,12 @@ class TeachComputingRepository:
 def _plan_violations(stored: pd.DataFrame, plan: CoursePlan) -> Counter:
     """Checked against the stored rows, not the planner's own view: progress never goes down
     and a complete achievement never changes."""
-    before = stored.set_index("id")
-    violations: Counter = Counter(progress_decreases=0, complete_changed=0)
-    for update_row in plan.updates:
-        old = before.loc[update_row["id"]]
-        violations["progress_decreases"] += int(update_row["progress"] < old["progress"])
-        violations["complete_changed"] += int(old["current_state"] == "complete")
-    return violations
+    if not plan.updates:
+        return Counter(progress_decreases=0, complete_changed=0)
+    updates = pd.DataFrame(plan.updates, columns=["id", "progress"]).merge(
+        stored[["id", "progress", "current_state"]], on="id", how="left", suffixes=("", "_stored")
+    )
+    return Counter(
+        progress_decreases=int((updates["progress"] < updates["progress_stored"]).sum()),
+        complete_changed=int((updates["current_state"] == "complete").sum()),
+    )
