@@ -8,6 +8,7 @@ is counted and skipped (one row of an enrolment report).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,9 +85,14 @@ def _field(obj: dict, name: str) -> Any:
     return obj[name]
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _uuid(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise RecordError(f"{name} must be a UUID string, got {type(value).__name__}")
+    if _CANONICAL_UUID.fullmatch(value):
+        return value  # what the API sends; parsing it would cost more than the rest of the record
     try:
         return str(uuid.UUID(value))
     except ValueError:
