@@ -109,13 +109,13 @@ def plan_course_progress(
     plan = CoursePlan()
     rows = latest.merge(achievements, on="user_id", how="inner", suffixes=("_new", ""))
     for row in rows.itertuples(index=False):
+        if row.current_state == State.COMPLETE:  # never changed again
+            plan.counts["skipped_complete"] += 1
+            continue
         deactivated_at = None if pd.isna(row.deactivated_at) else row.deactivated_at
         outcome = next_achievement(
             row.progress, row.current_state, row.progress_new, deactivated_at is not None
         )
-        if row.current_state == State.COMPLETE:
-            plan.counts["skipped_complete"] += 1
-            continue
         if outcome.progress == row.progress and not outcome.moved:
             plan.counts["unchanged"] += 1
             continue

@@ -8,7 +8,6 @@ never appear in Dagster's run config or logs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_CACHE_EXPIRY_SECONDS = 5 * 60 * 60
@@ -39,10 +38,6 @@ def default_cache_location() -> str:
 
 def database_url() -> str:
     return _env("TEACHCOMPUTING_DATABASE_URL") or default_database_url()
-
-
-def cache_location() -> str:
-    return _env("FL_PARTNERS_CACHE") or default_cache_location()
 
 
 def cache_expiry_seconds() -> int:
@@ -82,25 +77,3 @@ def parse_uuid_list(raw: str | None) -> frozenset[str]:
 
 def ignored_course_uuids_text() -> str:
     return os.environ.get("FL_PARTNERS_IGNORED_COURSE_UUIDS", "")
-
-
-@dataclass(frozen=True)
-class ApiCredentials:
-    base_url: str
-    consumer_key: str
-    consumer_secret: str
-
-
-def api_credentials_from_env() -> ApiCredentials:
-    """For command-line tools that run outside Dagster; fails naming the missing variable."""
-    values = {}
-    for name in ("FL_PARTNERS_URL", "FL_PARTNERS_CONSUMER_KEY", "FL_PARTNERS_CONSUMER_SECRET"):
-        value = _env(name)
-        if value is None:
-            raise ConfigurationError(f"{name} is not set (or is empty)")
-        values[name] = value
-    return ApiCredentials(
-        values["FL_PARTNERS_URL"],
-        values["FL_PARTNERS_CONSUMER_KEY"],
-        values["FL_PARTNERS_CONSUMER_SECRET"],
-    )

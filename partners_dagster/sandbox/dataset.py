@@ -104,10 +104,6 @@ def _uuids(rng: np.random.Generator, n: int) -> list[str]:
     return [str(uuid.UUID(bytes=raw[i : i + 16], version=4)) for i in range(0, 16 * n, 16)]
 
 
-def _iso(epoch: int) -> str:
-    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
 def generate(scale: str = "tiny", seed: int = 1) -> SandboxDataset:
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
@@ -302,10 +298,6 @@ def generate(scale: str = "tiny", seed: int = 1) -> SandboxDataset:
             ["id", "user_id", "programme_id", "created_at", "unenrolled_at"]
         ],
     )
-
-
-def iso_timestamp(epoch: int) -> str | None:
-    return None if epoch < 0 else _iso(epoch)
 
 
 def advance_night(

@@ -34,8 +34,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-ACHIEVEMENT_STATES = ("enrolled", "in_progress", "complete", "dropped")
-
 
 def _new_uuid() -> str:
     return str(uuid.uuid4())
