@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .partners_api import CourseRun, EnrolmentReport, PartnersApiClient, PartnersApiError
+from .partners_api import CourseRun, EnrolmentReport, PartnersApiClient, PartnersApiError, Rejection
 
 RUN_COLUMNS = ["run_uuid", "course_uuid", "title", "start_time", "weeks_count", "full_code", "code"]
 ENROLMENT_COLUMNS = [
@@ -22,15 +22,21 @@ ENROLMENT_COLUMNS = [
 
 
 def course_runs_frame(
-    runs: Iterable[CourseRun], known_course_uuids: Iterable[str], ignored: Iterable[str]
+    runs: Iterable[CourseRun],
+    known_course_uuids: Iterable[str],
+    ignored: Iterable[str],
+    rejections: Iterable[Rejection] = (),
 ) -> pd.DataFrame:
-    """One row per run, with whether Teach Computing knows its course and whether it is ignored."""
+    """One row per run, with whether Teach Computing knows its course and whether it is ignored.
+    A run record that was malformed is kept as a row with its ``malformed`` reason and, where
+    the record said, its course: that course cannot be read whole tonight."""
     frame = pd.DataFrame(
         [
-            (r.uuid, r.course_uuid, r.title, r.start_time, r.weeks_count, r.full_code, r.code)
+            (r.uuid, r.course_uuid, r.title, r.start_time, r.weeks_count, r.full_code, r.code, None)
             for r in runs
-        ],
-        columns=RUN_COLUMNS,
+        ]
+        + [(None, r.key, None, None, None, None, None, r.reason) for r in rejections],
+        columns=[*RUN_COLUMNS, "malformed"],
     )
     frame["start_time"] = pd.to_datetime(frame["start_time"], utc=True)
     frame["known"] = frame["course_uuid"].isin(set(known_course_uuids))
@@ -40,7 +46,7 @@ def course_runs_frame(
 
 def unknown_courses(runs: pd.DataFrame) -> pd.DataFrame:
     """Courses no activity knows and nobody asked us to ignore: one row each, with its title."""
-    unknown = runs[~runs["known"] & ~runs["ignored"]]
+    unknown = runs[~runs["known"] & ~runs["ignored"] & runs["malformed"].isna()]
     return (
         unknown.groupby("course_uuid", sort=True)
         .agg(title=("title", "first"), runs=("run_uuid", "count"))
@@ -65,7 +71,8 @@ class CourseEnrolments:
 
 def fetch_course_enrolments(client: PartnersApiClient, runs: pd.DataFrame) -> CourseEnrolments:
     """Fetch the reports of every run of a known course, concurrently; failures are listed."""
-    known = runs[runs["known"]]
+    readable = runs[runs["malformed"].isna()]
+    known = readable[readable["known"]]
     course_of_run = dict(zip(known["run_uuid"], known["course_uuid"], strict=True))
     rows: list[tuple] = []
     failed: list[tuple[str, str, str]] = []
@@ -81,12 +88,28 @@ def fetch_course_enrolments(client: PartnersApiClient, runs: pd.DataFrame) -> Co
         enrolments[column] = pd.to_datetime(enrolments[column], utc=True)
     return CourseEnrolments(
         enrolments=enrolments,
-        failed_runs=pd.DataFrame(failed, columns=["run_uuid", "course_uuid", "error"]),
+        failed_runs=pd.DataFrame(
+            _malformed_runs(runs) + failed, columns=["run_uuid", "course_uuid", "error"]
+        ),
         rejections=pd.DataFrame(
             rejected, columns=["run_uuid", "course_uuid", "index", "key", "reason"]
         ),
         runs_fetched=len(course_of_run) - len(failed),
     )
+
+
+def _malformed_runs(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """A malformed run record spoils its known course; one that does not say which course
+    it belongs to could be any of them, so it spoils every known course."""
+    known_courses = sorted(set(runs.loc[runs["known"], "course_uuid"]))
+    failed = []
+    bad = runs.loc[runs["malformed"].notna(), ["course_uuid", "known", "malformed"]]
+    for course_uuid, known, reason in bad.itertuples(index=False):
+        if course_uuid is None:
+            failed += [("(malformed run record)", course, reason) for course in known_courses]
+        elif known:
+            failed.append(("(malformed run record)", course_uuid, reason))
+    return failed
 
 
 def _collect(report: EnrolmentReport, course_uuid: str, rows: list, rejected: list) -> None:

@@ -142,3 +142,42 @@ def test_no_secret_or_token_in_storage_cache_or_logs(tiny_dataset, tmp_path, cap
         assert text.encode() not in stored
         assert text not in event_text
         assert text not in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["title", "course"])
+def test_a_malformed_run_record_leaves_its_course_or_every_course_untouched(
+    night, tiny_dataset, damage
+):
+    night.both_steps()
+    before = night.query("SELECT * FROM achievements ORDER BY id")
+    runs = json.loads(night.api._runs_json(night.server.url))
+    known = [r for r in runs if r["course"]["uuid"] in tiny_dataset.known_course_uuids]
+    victim = known[0]
+    del victim[damage]  # "course": the record no longer says which course it belongs to
+    # Tomorrow: everyone on the victim's course would now complete, if it were read.
+    enrolments = tiny_dataset.enrolments.copy()
+    tiny_dataset.enrolments = enrolments.assign(
+        steps_completed_ratio=1.0, steps_completed_count=100
+    )
+    tiny_dataset.reindex()
+    night.api.faults = Faults(overrides={"/partners/course_runs": {"body": json.dumps(runs)}})
+    night.cache_path.unlink()
+    try:
+        result = night.run("update_progress_job")
+    finally:
+        tiny_dataset.enrolments = enrolments
+        tiny_dataset.reindex()
+    assert check_results(result)["no_malformed_runs"] is False
+    skipped = materialization_metadata(result, "achievement_progress")["skipped_courses"]
+    after = night.query("SELECT * FROM achievements ORDER BY id")
+    activity = night.query(
+        f"SELECT id FROM activities WHERE future_learn_course_uuid = '{victim.get('course', {'uuid': known[1]['course']['uuid']})['uuid']}'"
+    )["id"].iat[0]
+    untouched = after[after["activity_id"] == activity]
+    assert untouched.equals(before[before["activity_id"] == activity])
+    if damage == "title":
+        assert victim["course"]["uuid"] in skipped
+        assert not after.equals(before), "the other courses go on"
+    else:
+        pd.testing.assert_frame_equal(after, before)  # could be any course: none is touched
+        assert all(course in skipped for course in tiny_dataset.known_course_uuids)

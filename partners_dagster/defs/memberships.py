@@ -39,10 +39,10 @@ def course_runs(
         runs, rejections = client.course_runs()
     catalogue = teachcomputing_db.repository().catalogue()
     frame = course_runs_frame(
-        runs, catalogue.activities["course_uuid"], partners_api.ignored_courses
+        runs, catalogue.activities["course_uuid"], partners_api.ignored_courses, rejections
     )
     unknown = unknown_courses(frame)
-    courses = frame.drop_duplicates("course_uuid")
+    courses = frame[frame["malformed"].isna()].drop_duplicates("course_uuid")
     if not unknown.empty:
         context.log.warning(
             f"{len(unknown)} FutureLearn course(s) unknown to Teach Computing: {', '.join(unknown['title'])}"
@@ -50,7 +50,7 @@ def course_runs(
     yield dg.Output(
         frame,
         metadata={
-            "runs": len(frame),
+            "runs": len(runs),
             "courses": len(courses),
             "courses_known": int(courses["known"].sum()),
             "courses_unknown": len(unknown),

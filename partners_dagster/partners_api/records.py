@@ -236,7 +236,13 @@ def parse_course_runs(
     body: Any, *, endpoint: str, status: int, raw: bytes
 ) -> tuple[list[CourseRun], list[Rejection]]:
     return _parse_list(
-        body, course_run_from_json, "uuid", endpoint=endpoint, status=status, raw=raw
+        # A rejected run is keyed by its course: that course's enrolments are incomplete tonight.
+        body,
+        course_run_from_json,
+        "course",
+        endpoint=endpoint,
+        status=status,
+        raw=raw,
     )
 
 
