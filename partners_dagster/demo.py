@@ -171,7 +171,10 @@ def run_ui(scale: str, seed: int, port: int, say: Callable[[str], None] = print)
     try:
         run_night(say)
         say(f"\nDagster UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
-        command = [sys.executable, "-m", "dagster", "dev", "-m", "partners_dagster.definitions"]
+        # The same code location name as the repository's workspace.yaml.
+        workspace = embedded.data_dir / "dagster_home" / "workspace.yaml"
+        workspace.write_text(WORKSPACE_YAML)
+        command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace)]
         return subprocess.call(
             [*command, "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, **embedded.env}
         )

@@ -8,9 +8,19 @@ make .venv/bin/.installed >/dev/null
 PORT="${PORT:-3300}"
 export PARTNERS_DAGSTER_DATA="${PARTNERS_DAGSTER_DATA:-$PWD/.partners_dagster/screenshot}"
 log="$(mktemp)"
-setsid .venv/bin/partners-dagster ui --scale tiny --port "$PORT" >"$log" 2>&1 &
-ui=$!
-trap 'kill -- -$ui 2>/dev/null || true; rm -f "$log"' EXIT
+pidfile="$(mktemp)"
+# A session of its own, so that the UI and every process dagster dev starts stop together.
+setsid bash -c 'echo $$ >"$0"; exec .venv/bin/partners-dagster ui --scale tiny --port "$1"' \
+  "$pidfile" "$PORT" >"$log" 2>&1 &
+stop_ui() {
+  # dagster dev shuts its children down on an interrupt; whatever outlives that is killed.
+  local group; group="$(cat "$pidfile")"
+  kill -INT -- "-$group" 2>/dev/null || true
+  sleep 8
+  kill -KILL -- "-$group" 2>/dev/null || true
+  rm -f "$log" "$pidfile"
+}
+trap stop_ui EXIT
 for _ in $(seq 1 120); do
   curl -sf "http://127.0.0.1:$PORT/server_info" >/dev/null && break
   sleep 1
