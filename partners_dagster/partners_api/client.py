@@ -166,7 +166,9 @@ class PartnersApiClient:
         )
         self._max_retry_after = max_retry_after
         self._cache_expiry = cache_expiry_seconds
-        self._backend = make_cache_backend(cache)
+        self._cache = cache
+        self._backend = make_cache_backend(cache)  # checks the location now, and serves clear()
+        self._thread_backends: list[requests_cache.BaseCache] = []
         self._local = threading.local()
         self.stats = RequestStats()
 
@@ -242,8 +244,9 @@ class PartnersApiClient:
             self._backend.clear()
 
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
+        for backend in [self._backend, *self._thread_backends]:
+            if backend is not None:
+                backend.close()
 
     def __repr__(self) -> str:
         return f"PartnersApiClient(base_url={self.base_url!r})"
@@ -251,14 +254,19 @@ class PartnersApiClient:
     # -- transport -------------------------------------------------------------------------
 
     def _session(self) -> requests.Session:
-        # requests.Session is not thread-safe; the cache backend is, so threads share it.
+        # Neither requests.Session nor a SQLite connection should be shared between threads:
+        # each thread has its own session and cache connection to the same file, and SQLite's
+        # own locking (with the busy timeout) orders their writes, across processes too.
         session = getattr(self._local, "session", None)
         if session is None:
             if self._backend is None:
                 session = requests.Session()
             else:
+                backend = make_cache_backend(self._cache)
+                self._thread_backends.append(backend)
+                self._local.backend = backend
                 session = requests_cache.CachedSession(
-                    backend=self._backend,
+                    backend=backend,
                     expire_after=self._cache_expiry,
                     # The API says max-age=0; we impose our own expiry instead.
                     cache_control=False,
@@ -307,8 +315,9 @@ class PartnersApiClient:
 
     def _forget(self, response: requests.Response) -> None:
         """Never serve a bad body from the cache again."""
-        if self._backend is not None and getattr(response, "cache_key", None):
-            self._backend.delete(response.cache_key)
+        backend = getattr(self._local, "backend", None)
+        if backend is not None and getattr(response, "cache_key", None):
+            backend.delete(response.cache_key)
 
     def _get(self, url: str, endpoint: str) -> requests.Response:
         unauthorized = 0
