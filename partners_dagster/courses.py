@@ -63,11 +63,6 @@ class CourseEnrolments:
     rejections: pd.DataFrame  # run_uuid, course_uuid, index, key, reason
     runs_fetched: int
 
-    @property
-    def incomplete_course_uuids(self) -> set[str]:
-        """Courses with a run that could not be read whole: their progress must not be touched."""
-        return set(self.failed_runs["course_uuid"]) | set(self.rejections["course_uuid"])
-
 
 def fetch_course_enrolments(client: PartnersApiClient, runs: pd.DataFrame) -> CourseEnrolments:
     """Fetch the reports of every run of a known course, concurrently; failures are listed."""
