@@ -1,5 +1,5 @@
-"""Nightly sync of the FutureLearn Partners API into the Teach Computing database."""
+"""Nightly sync of the FutureLearn Partners API into the Teach Computing database.
 
-from .definitions import defs
-
-__all__ = ["defs"]
+Importing this package does no work: the Dagster definitions are built by
+``partners_dagster.definitions.defs`` when Dagster loads them.
+"""

@@ -1,23 +1,16 @@
-"""The Dagster definitions: ``partners_dagster.defs`` (also ``partners_dagster.definitions:defs``)."""
+"""The Dagster definitions: ``partners_dagster.definitions:defs``.
+
+Nothing is built and no environment variable is read at import: ``defs`` is built when
+Dagster loads it (``dagster job execute -m partners_dagster.definitions``, ``workspace.yaml``,
+``dg check defs``), so a malformed ``FL_PARTNERS_*`` setting cannot break ``partners-dagster
+db upgrade`` or any other command that never runs a job.
+"""
 
 from __future__ import annotations
 
 import os
 
 import dagster as dg
-
-from . import settings
-from .defs.jobs import update_memberships_job, update_progress_job
-from .defs.memberships import (
-    course_enrolments,
-    course_runs,
-    membership_links,
-    organisation_memberships,
-)
-from .defs.progress import achievement_progress, latest_enrolments
-from .defs.schedules import update_memberships_schedule, update_progress_schedule
-from .partners_api.resource import PartnersApiResource
-from .teachcomputing.resource import TeachComputingDatabaseResource
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
@@ -27,6 +20,11 @@ def _env_or(name: str, default: str) -> str | dg.EnvVar:
 
 
 def build_resources() -> dict:
+    """The resources, configured from the environment now (DESIGN.md, "Environment")."""
+    from . import settings
+    from .partners_api.resource import PartnersApiResource
+    from .teachcomputing.resource import TeachComputingDatabaseResource
+
     return {
         "partners_api": PartnersApiResource(
             base_url=dg.EnvVar("FL_PARTNERS_URL"),
@@ -44,8 +42,14 @@ def build_resources() -> dict:
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    """The definitions, with settings read from the environment now (``resources`` replaces
-    the resources built from it, for tests and tools)."""
+    """The definitions; ``resources`` replaces the ones built from the environment (tests
+    and tools pass their own)."""
+    from .defs.api_assets import course_enrolments, course_runs
+    from .defs.jobs import update_memberships_job, update_progress_job
+    from .defs.membership_assets import membership_links, organisation_memberships
+    from .defs.progress_assets import achievement_progress, latest_enrolments
+    from .defs.schedules import update_memberships_schedule, update_progress_schedule
+
     return dg.Definitions(
         assets=[
             course_runs,
@@ -61,4 +65,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Built when Dagster loads the code location, not at import."""
+    return build_definitions()

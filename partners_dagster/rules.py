@@ -159,7 +159,7 @@ def latest_enrolment(enrolments: Iterable[Enrolment]) -> Enrolment:
 LATEST_SORT_COLUMNS = ["activated_at", "steps_completed_ratio", "run_uuid", "membership_uuid"]
 
 
-def latest_enrolments_frame(
+def pick_latest_enrolment_rows(
     enrolments: pd.DataFrame, keys: Sequence[str] = ("user_id", "course_uuid")
 ) -> pd.DataFrame:
     """``latest_enrolment`` for every group of ``keys`` at once (one sort, no loop)."""

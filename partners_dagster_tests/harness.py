@@ -25,10 +25,11 @@ from partners_dagster.sandbox import (
     SandboxDataset,
     SandboxServer,
 )
+from partners_dagster.sandbox.seed import seed_from_dataset
 from partners_dagster.teachcomputing.engine import make_engine
 from partners_dagster.teachcomputing.migrate import upgrade
 from partners_dagster.teachcomputing.resource import TeachComputingDatabaseResource
-from partners_dagster.teachcomputing.seed import seed_from_dataset
+from partners_dagster.tools.local_instance import local_dagster_home
 
 
 class Night:
@@ -114,8 +115,7 @@ class Night:
     def environment(self, dagster_home: Path) -> dict[str, str]:
         """The environment a deployed process would run this night with."""
         api = self.resources["partners_api"]
-        dagster_home.mkdir(parents=True, exist_ok=True)
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        local_dagster_home(dagster_home)
         return {
             **os.environ,
             "FL_PARTNERS_URL": self.server.url,
@@ -136,7 +136,7 @@ class Night:
                 "job",
                 "execute",
                 "-m",
-                "partners_dagster",
+                "partners_dagster.definitions",
                 "-j",
                 job_name,
             ],

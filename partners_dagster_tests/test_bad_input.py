@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from partners_dagster.defs.metadata import mask_email
 from partners_dagster.partners_api import MalformedResponseError
 from partners_dagster.partners_api.records import parse_course_runs, parse_enrolment_report
+from partners_dagster.privacy import mask_email
 from partners_dagster.rules import match_user, normalise_email
 
 RUN = "545ba924-9e73-4a30-bd54-4fb7dee8b913"

@@ -13,7 +13,7 @@ def test_bench_runs_two_nights_and_writes_its_figures(tmp_path):
         [
             sys.executable,
             "-m",
-            "partners_dagster.cli",
+            "partners_dagster.tools.cli",
             "bench",
             "--scale",
             "tiny",

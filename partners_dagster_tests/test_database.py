@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
+from partners_dagster.sandbox.seed import DatabaseNotEmptyError, seed_from_dataset
 from partners_dagster.settings import ConfigurationError
 from partners_dagster.teachcomputing.engine import make_engine
 from partners_dagster.teachcomputing.migrate import current_revision, downgrade, upgrade
@@ -23,7 +24,6 @@ from partners_dagster.teachcomputing.models import (
     PendingJob,
     User,
 )
-from partners_dagster.teachcomputing.seed import DatabaseNotEmptyError, seed_from_dataset
 
 TABLES = {
     "users",

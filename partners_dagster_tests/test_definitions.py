@@ -8,13 +8,71 @@ from pathlib import Path
 
 import dagster as dg
 
-import partners_dagster
-from partners_dagster.definitions import defs
+from partners_dagster.definitions import build_definitions
+
+ROOT = Path(__file__).resolve().parents[1]
+defs = build_definitions()
 
 
-def test_defs_is_importable_both_ways():
-    assert partners_dagster.defs is defs
-    assert isinstance(defs, dg.Definitions)
+def test_importing_any_module_does_no_work_and_reads_no_variable():
+    # A malformed setting breaks only what uses it: importing every module, and loading
+    # the definitions module, must neither fail nor build anything.
+    code = (
+        "import importlib, pkgutil, sys, partners_dagster\n"
+        "for m in pkgutil.walk_packages(partners_dagster.__path__, 'partners_dagster.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "import partners_dagster.definitions as d\n"
+        "assert not isinstance(d.defs, __import__('dagster').Definitions)\n"
+        "print(len(sys.modules))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "FL_PARTNERS_MAX_CONCURRENCY": "abc"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_rules_import_without_dagster():
+    code = "import sys, partners_dagster.rules; print('dagster' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+def test_db_upgrade_works_while_a_partners_setting_is_malformed(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FL_PARTNERS_MAX_CONCURRENCY": "abc",
+        "FL_PARTNERS_CACHE_EXPIRY_SECONDS": "soon",
+        "TEACHCOMPUTING_DATABASE_URL": f"sqlite:///{tmp_path / 'tc.sqlite3'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "partners_dagster.tools.cli", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "at revision" in result.stdout
+
+
+def test_the_lazy_defs_build_the_same_definitions():
+    from partners_dagster.definitions import defs as lazy
+
+    built = lazy()
+    assert isinstance(built, dg.Definitions)
+    assert {k.to_user_string() for k in built.resolve_asset_graph().get_all_asset_keys()} == {
+        k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
+    }
+
+
+def test_the_workspace_file_is_the_one_the_tools_write(tmp_path):
+    from partners_dagster.tools.local_instance import write_workspace
+
+    written = write_workspace(tmp_path / "workspace.yaml").read_text()
+    assert (ROOT / "workspace.yaml").read_text() == written
 
 
 def test_assets_and_their_group():
@@ -84,6 +142,6 @@ def test_workspace_yaml_loads_the_code_location(tmp_path):
         text=True,
         env={"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
         timeout=120,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from partners_dagster.cli import main
-from partners_dagster.progress import CoursePlan
 from partners_dagster.sandbox import DEFAULT_CONSUMER_SECRET, Faults
+from partners_dagster.steps.course_progress import CoursePlan
 from partners_dagster.teachcomputing.repository import TeachComputingRepository, _plan_violations
+from partners_dagster.tools.cli import main
 
 from .harness import Night, check_metadata, check_results, materialization_metadata
 

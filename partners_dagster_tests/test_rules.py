@@ -17,9 +17,9 @@ from partners_dagster.rules import (
     State,
     follow_up_jobs,
     latest_enrolment,
-    latest_enrolments_frame,
     match_user,
     next_achievement,
+    pick_latest_enrolment_rows,
     programme_for_new_achievement,
     progress_from_ratio,
     progress_from_ratios,
@@ -154,7 +154,7 @@ def _e(run, membership, activated, ratio, deactivated=None):
 def test_latest_enrolment(enrolments, expected):
     assert latest_enrolment(enrolments) == enrolments[expected]
     frame = pd.DataFrame([e.__dict__ for e in enrolments]).assign(user_id=ALICE, course_uuid="c")
-    chosen = latest_enrolments_frame(frame).iloc[0]
+    chosen = pick_latest_enrolment_rows(frame).iloc[0]
     assert (chosen.run_uuid, chosen.membership_uuid) == (
         enrolments[expected].run_uuid,
         enrolments[expected].membership_uuid,
@@ -177,7 +177,7 @@ enrolment_strategy = st.builds(
 def test_the_frame_version_agrees_with_the_scalar_rule(enrolments):
     frame = pd.DataFrame([e.__dict__ for e in enrolments]).assign(user_id=ALICE, course_uuid="c")
     frame["activated_at"] = pd.to_datetime(frame["activated_at"], utc=True)
-    chosen = latest_enrolments_frame(frame).iloc[0]
+    chosen = pick_latest_enrolment_rows(frame).iloc[0]
     best = latest_enrolment(enrolments)
     assert (chosen.run_uuid, chosen.membership_uuid, chosen.steps_completed_ratio) == (
         best.run_uuid,

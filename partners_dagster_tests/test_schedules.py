@@ -9,9 +9,11 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from partners_dagster.definitions import defs
+from partners_dagster.definitions import build_definitions
 from partners_dagster.defs.constants import DEGRADED_TAG, MEMBERSHIPS_RUN_TAG, NIGHT_TAG
 from partners_dagster.defs.schedules import update_memberships_schedule, update_progress_schedule
+
+defs = build_definitions()
 
 LONDON = ZoneInfo("Europe/London")
 S = dg.DagsterRunStatus

@@ -1,0 +1,1 @@
+"""The Dagster wiring: assets, checks, jobs and schedules (thin; the logic lives in ``steps``)."""

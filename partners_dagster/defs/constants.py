@@ -10,3 +10,12 @@ API_CONCURRENCY_TAG_VALUE = "futurelearn"
 NIGHT_TAG = "partners_dagster/night"
 DEGRADED_TAG = "partners_dagster/degraded"
 MEMBERSHIPS_RUN_TAG = "partners_dagster/memberships_run"
+
+# The code location, as workspace.yaml and [tool.dagster] name it.
+CODE_LOCATION = "partners_dagster"
+DEFINITIONS_MODULE = "partners_dagster.definitions"
+
+# The two nightly jobs, in the order a night runs them.
+MEMBERSHIPS_JOB = "update_memberships_job"
+PROGRESS_JOB = "update_progress_job"
+NIGHTLY_JOBS = (MEMBERSHIPS_JOB, PROGRESS_JOB)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .constants import API_CONCURRENCY_TAG, API_CONCURRENCY_TAG_VALUE
+from .constants import API_CONCURRENCY_TAG, API_CONCURRENCY_TAG_VALUE, MEMBERSHIPS_JOB, PROGRESS_JOB
 
 API_TAGS = {API_CONCURRENCY_TAG: API_CONCURRENCY_TAG_VALUE}
 
 # The steps of each job form a chain and share the API client's cache and the database
 # pool, so they run in one process: no per-step process start-up, one warm cache.
 update_memberships_job = dg.define_asset_job(
-    name="update_memberships_job",
+    name=MEMBERSHIPS_JOB,
     description="Step 1: link FutureLearn organisation memberships to Teach Computing users.",
     selection=dg.AssetSelection.assets(
         "course_runs", "course_enrolments", "organisation_memberships", "membership_links"
@@ -21,7 +21,7 @@ update_memberships_job = dg.define_asset_job(
 )
 
 update_progress_job = dg.define_asset_job(
-    name="update_progress_job",
+    name=PROGRESS_JOB,
     description="Step 2: update each linked teacher's course progress, achievements and follow-up jobs.",
     selection=dg.AssetSelection.assets(
         "course_runs", "course_enrolments", "latest_enrolments", "achievement_progress"

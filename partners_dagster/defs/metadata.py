@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,21 +9,6 @@ import dagster as dg
 import pandas as pd
 
 from ..partners_api import PartnersApiClient
-
-_EMAIL = re.compile(r"([^\s@]{1,64})@([^\s@]+)")
-
-
-def mask_email(text: str | None) -> str | None:
-    """``jo.smith@school.org`` -> ``j***@s***.org``: enough to recognise, not to contact."""
-    if text is None:
-        return None
-
-    def mask(match: re.Match) -> str:
-        local, domain = match.group(1), match.group(2)
-        tld = domain.rsplit(".", 1)[-1] if "." in domain else ""
-        return f"{local[0]}***@{domain[0]}***{'.' + tld if tld else ''}"
-
-    return _EMAIL.sub(mask, text)
 
 
 def table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:

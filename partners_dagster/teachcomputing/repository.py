@@ -16,8 +16,8 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..progress import CoursePlan
 from ..rules import ProgrammeEnrolment, programme_for_new_achievement
+from ..steps.course_progress import CoursePlan
 from .engine import read_only
 from .models import (
     Achievement,
@@ -59,7 +59,7 @@ def _insert(connection: Connection, table):
     return dialect.insert(table)
 
 
-def _chunks(rows: Sequence, size: int = BATCH) -> Iterable[Sequence]:
+def batches(rows: Sequence, size: int = BATCH) -> Iterable[Sequence]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
 
@@ -139,7 +139,7 @@ class TeachComputingRepository:
         ]
         created = 0
         with self.engine.begin() as connection:
-            for chunk in _chunks(rows):
+            for chunk in batches(rows):
                 statement = _insert(connection, table).on_conflict_do_nothing(
                     index_elements=["uuid"]
                 )
@@ -166,7 +166,7 @@ class TeachComputingRepository:
     def _stored_links(connection: Connection, membership_uuids: list[str]) -> dict[str, str]:
         table = FutureLearnOrganisationMembership.__table__
         stored: dict[str, str] = {}
-        for chunk in _chunks(membership_uuids):
+        for chunk in batches(membership_uuids):
             stored.update(
                 connection.execute(
                     select(table.c.uuid, table.c.user_id).where(table.c.uuid.in_(chunk))
@@ -210,7 +210,7 @@ class TeachComputingRepository:
                     for user_id in missing
                 ]
                 table = Achievement.__table__
-                for chunk in _chunks(new_rows):
+                for chunk in batches(new_rows):
                     statement = _insert(connection, table).on_conflict_do_nothing(
                         index_elements=["user_id", "activity_id"]
                     )
@@ -287,11 +287,11 @@ class TeachComputingRepository:
                 }
                 for u in plan.updates
             ]
-            for chunk in _chunks(params):
+            for chunk in batches(params):
                 connection.execute(statement, list(chunk))
         if plan.transitions:
             ids = [t["achievement_id"] for t in plan.transitions]
-            for chunk in _chunks(ids):
+            for chunk in batches(ids):
                 connection.execute(
                     update(transitions)
                     .where(
@@ -299,7 +299,7 @@ class TeachComputingRepository:
                     )
                     .values(most_recent=False)
                 )
-            for chunk in _chunks(plan.transitions):
+            for chunk in batches(plan.transitions):
                 connection.execute(transitions.insert(), list(chunk))
         if plan.jobs:
             rows = [
@@ -312,7 +312,7 @@ class TeachComputingRepository:
                 }
                 for job in plan.jobs
             ]
-            for chunk in _chunks(rows):
+            for chunk in batches(rows):
                 statement = _insert(connection, PendingJob.__table__).on_conflict_do_nothing(
                     index_elements=["dedup_key"]
                 )

@@ -1,9 +1,5 @@
-"""Step 2's logic, pure (no Dagster, no I/O): each linked user's latest enrolment per
-course, and the plan of one course's achievement updates.
-
-The repository loads the stored achievements of a course inside a locked
-transaction, calls ``plan_course_progress``, and writes the plan.
-"""
+"""Step 2's second half, pure (no Dagster, no I/O): the plan of one course's achievement
+updates, from the latest enrolments and the stored achievements."""
 
 from __future__ import annotations
 
@@ -15,72 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from .courses import CourseEnrolments
-from .rules import (
-    FollowUpJob,
-    State,
-    follow_up_jobs,
-    latest_enrolments_frame,
-    next_achievement,
-    progress_from_ratios,
-    transition_metadata,
-)
-
-LATEST_COLUMNS = [
-    "user_id",
-    "course_uuid",
-    "activity_id",
-    "run_uuid",
-    "membership_uuid",
-    "activated_at",
-    "deactivated_at",
-    "steps_completed_ratio",
-    "progress",
-]
-
-
-@dataclass(frozen=True)
-class LatestEnrolments:
-    latest: pd.DataFrame  # LATEST_COLUMNS: one row per (linked user, known course)
-    skipped_courses: pd.DataFrame  # course_uuid, reason: not touched this night
-    unlinked_enrolments: int  # enrolments whose membership no user is linked to
-
-
-def latest_enrolments(
-    course_enrolments: CourseEnrolments, links: pd.DataFrame, activities: pd.DataFrame
-) -> LatestEnrolments:
-    """For every linked user and known course, the latest enrolment across all runs of the
-    course and all the user's memberships. Courses with a run that could not be read whole
-    are left out (an older enrolment must not drop a learner)."""
-    enrolments = course_enrolments.enrolments
-    linked = enrolments.merge(
-        links[["membership_uuid", "user_id"]], on="membership_uuid", how="inner"
-    )
-    skipped = _skipped_courses(course_enrolments)
-    linked = linked[~linked["course_uuid"].isin(skipped["course_uuid"])]
-    latest = latest_enrolments_frame(linked)
-    latest["progress"] = progress_from_ratios(latest["steps_completed_ratio"])
-    latest = latest.merge(activities[["activity_id", "course_uuid"]], on="course_uuid", how="inner")
-    return LatestEnrolments(
-        latest=latest[LATEST_COLUMNS],
-        skipped_courses=skipped,
-        unlinked_enrolments=len(enrolments)
-        - int(enrolments["membership_uuid"].isin(links["membership_uuid"]).sum()),
-    )
-
-
-def _skipped_courses(course_enrolments: CourseEnrolments) -> pd.DataFrame:
-    reasons: dict[str, list[str]] = {}
-    for course_uuid, runs in course_enrolments.failed_runs.groupby("course_uuid")["run_uuid"]:
-        reasons.setdefault(course_uuid, []).append(
-            f"{len(runs)} run(s) could not be fetched: {', '.join(sorted(runs))}"
-        )
-    for course_uuid, rows in course_enrolments.rejections.groupby("course_uuid"):
-        reasons.setdefault(course_uuid, []).append(f"{len(rows)} malformed enrolment record(s)")
-    return pd.DataFrame(
-        [(course, "; ".join(text)) for course, text in sorted(reasons.items())],
-        columns=["course_uuid", "reason"],
-    )
+from ..rules import FollowUpJob, State, follow_up_jobs, next_achievement, transition_metadata
 
 
 @dataclass

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy import Engine, func, select
 
-from .rules import canonical_uuid, normalise_email
-from .teachcomputing.engine import read_only
-from .teachcomputing.models import (
+from ..privacy import mask_email
+from ..rules import canonical_uuid, normalise_email
+from ..teachcomputing.engine import read_only
+from ..teachcomputing.models import (
     Achievement,
     AchievementTransition,
     Activity,
@@ -108,8 +109,6 @@ def audit_user(engine: Engine, who: str) -> UserAudit:
 
 
 def format_audit(audit: UserAudit, *, show_emails: bool) -> str:
-    from .defs.metadata import mask_email
-
     email = audit.email if show_emails else mask_email(audit.email)
     lines = [
         f"user {audit.user_id} <{email}>",

@@ -7,9 +7,15 @@ from collections import Counter
 import pandas as pd
 from sqlalchemy import Engine, func, select
 
-from ..sandbox.dataset import SandboxDataset
-from .models import Activity, Programme, ProgrammeActivity, User, UserProgrammeEnrolment
-from .repository import _chunks
+from ..teachcomputing.models import (
+    Activity,
+    Programme,
+    ProgrammeActivity,
+    User,
+    UserProgrammeEnrolment,
+)
+from ..teachcomputing.repository import batches
+from .dataset import SandboxDataset
 
 
 class DatabaseNotEmptyError(RuntimeError):
@@ -38,7 +44,7 @@ def seed_from_dataset(engine: Engine, dataset: SandboxDataset) -> Counter:
             )
         for model, frame in tables:
             rows = _records(frame)
-            for chunk in _chunks(rows):
+            for chunk in batches(rows):
                 connection.execute(model.__table__.insert(), list(chunk))
             counts[model.__tablename__] = len(rows)
     return counts

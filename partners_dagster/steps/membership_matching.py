@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .partners_api import NotFoundError, PartnersApiClient, PartnersApiError
-from .rules import match_user, normalise_email
+from ..partners_api import NotFoundError, PartnersApiClient, PartnersApiError
+from ..rules import match_user, normalise_email
 
 MEMBERSHIP_COLUMNS = [
     "membership_uuid",

@@ -7,15 +7,10 @@ import dagster as dg
 import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..courses import CourseEnrolments
-from ..progress import (
-    LatestEnrolments,
-    plan_course_progress,
-)
-from ..progress import (
-    latest_enrolments as compute_latest_enrolments,
-)
 from ..rules import ProgrammeEnrolment
+from ..steps.course_progress import plan_course_progress
+from ..steps.course_reports import CourseEnrolments
+from ..steps.latest_enrolment import LatestEnrolmentSet, select_latest_enrolments
 from ..teachcomputing.models import utcnow
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import GROUP
@@ -25,13 +20,13 @@ from .metadata import table
 @dg.asset(group_name=GROUP, kinds={"python", "pandas"}, deps=["membership_links"])
 def latest_enrolments(
     teachcomputing_db: TeachComputingDatabaseResource, course_enrolments: CourseEnrolments
-) -> dg.Output[LatestEnrolments]:
+) -> dg.Output[LatestEnrolmentSet]:
     """For every linked teacher and every course Teach Computing knows, the enrolment that
     counts: the latest across all runs of the course and all the teacher's memberships
     (greatest activated_at, then higher ratio, then greater run UUID)."""
     repository = teachcomputing_db.repository()
     links = repository.linked_memberships()
-    result = compute_latest_enrolments(course_enrolments, links, repository.catalogue().activities)
+    result = select_latest_enrolments(course_enrolments, links, repository.catalogue().activities)
     latest = result.latest
     return dg.Output(
         result,
@@ -61,7 +56,7 @@ def latest_enrolments(
 def achievement_progress(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
-    latest_enrolments: LatestEnrolments,
+    latest_enrolments: LatestEnrolmentSet,
 ):
     """Applies each latest enrolment to the teacher's achievement for that course: progress
     (never down), state (enrolled, in progress, complete, dropped), a transition row per move,

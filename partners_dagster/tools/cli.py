@@ -50,7 +50,7 @@ def sandbox(
     """Serve a local Partners API sandbox with generated data."""
     import time
 
-    from .sandbox import (
+    from ..sandbox import (
         DEFAULT_CONSUMER_KEY,
         DEFAULT_CONSUMER_SECRET,
         Faults,
@@ -119,9 +119,9 @@ def ui(scale: str, seed: int, port: int) -> None:
 @click.option("--database-url", envvar="TEACHCOMPUTING_DATABASE_URL", default=None)
 def audit(user: str, show_emails: bool, database_url: str | None) -> None:
     """Who changed USER's record, and why: links and achievement transitions with run ids."""
-    from . import settings
+    from .. import settings
+    from ..teachcomputing.engine import make_engine
     from .audit import UnknownUserError, audit_user, format_audit
-    from .teachcomputing.engine import make_engine
 
     try:
         found = audit_user(make_engine(database_url or settings.database_url()), user)
@@ -170,8 +170,8 @@ def bench(scale, seed, latency_ms, database_url, concurrency, output) -> None:
 @click.pass_context
 def db(ctx: click.Context, database_url: str | None) -> None:
     """Teach Computing database: migrations and seeding."""
-    from . import settings
-    from .teachcomputing.engine import make_engine
+    from .. import settings
+    from ..teachcomputing.engine import make_engine
 
     ctx.obj = make_engine(database_url or settings.database_url())
 
@@ -181,7 +181,7 @@ def db(ctx: click.Context, database_url: str | None) -> None:
 @click.pass_obj
 def db_upgrade(engine, revision: str) -> None:
     """Apply migrations up to REVISION (default: head). Running it twice is a no-op."""
-    from .teachcomputing.migrate import current_revision, upgrade
+    from ..teachcomputing.migrate import current_revision, upgrade
 
     upgrade(engine, revision)
     click.echo(
@@ -194,7 +194,7 @@ def db_upgrade(engine, revision: str) -> None:
 @click.pass_obj
 def db_downgrade(engine, revision: str) -> None:
     """Revert migrations down to REVISION (``base`` removes every table)."""
-    from .teachcomputing.migrate import current_revision, downgrade
+    from ..teachcomputing.migrate import current_revision, downgrade
 
     downgrade(engine, revision)
     click.echo(
@@ -215,8 +215,8 @@ def db_downgrade(engine, revision: str) -> None:
 @click.pass_obj
 def db_seed(engine, from_sandbox: bool, scale: str, seed: int) -> None:
     """Load the Teach Computing side of a sandbox dataset into an empty database."""
-    from .sandbox import generate
-    from .teachcomputing.seed import seed_from_dataset
+    from ..sandbox import generate
+    from ..sandbox.seed import seed_from_dataset
 
     counts = seed_from_dataset(engine, generate(scale, seed))
     click.echo(", ".join(f"{n} {table}" for table, n in counts.items()))

@@ -12,23 +12,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import settings
-from .sandbox import (
+from .. import settings
+from ..defs.constants import NIGHTLY_JOBS
+from ..sandbox import (
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,
     SandboxApi,
     SandboxServer,
     generate,
 )
-from .teachcomputing.engine import make_engine, read_only
-from .teachcomputing.migrate import upgrade
-from .teachcomputing.seed import seed_from_dataset
-
-DAGSTER_YAML = """\
-# The demo's local Dagster instance (SQLite storage under this folder).
-telemetry:
-  enabled: false
-"""
+from ..sandbox.seed import seed_from_dataset
+from ..teachcomputing.engine import make_engine, read_only
+from ..teachcomputing.migrate import upgrade
+from .local_instance import local_dagster_home, write_workspace
 
 
 @dataclass
@@ -49,9 +45,7 @@ def prepare(scale: str, seed: int, say: Callable[[str], None]) -> Embedded:
         *data_dir.glob("partners_api_cache.sqlite3*"),
     ]:
         stale.unlink()
-    dagster_home = data_dir / "dagster_home"
-    dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    dagster_home = local_dagster_home(data_dir / "dagster_home")
 
     started = time.perf_counter()
     dataset = generate(scale, seed)
@@ -81,28 +75,19 @@ def prepare(scale: str, seed: int, say: Callable[[str], None]) -> Embedded:
     return Embedded(server, data_dir, database_url, env)
 
 
-WORKSPACE_YAML = """\
-load_from:
-  - python_module:
-      module_name: partners_dagster.definitions
-      attribute: defs
-      location_name: partners_dagster
-"""
-
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-JOBS = ("update_memberships_job", "update_progress_job")
 
 
 def run_night(say: Callable[[str], None]) -> tuple[dict, dict]:
     """Both jobs, in order, on the local Dagster instance; stops at the first failure."""
     import dagster as dg
 
-    from .definitions import build_definitions
+    from ..definitions import build_definitions
 
     defs = build_definitions()
     instance = dg.DagsterInstance.get()
     results, timings = {}, {}
-    for job in JOBS:
+    for job in NIGHTLY_JOBS:
         say(f"running {job} ...")
         started = time.perf_counter()
         result = defs.resolve_job_def(job).execute_in_process(
@@ -126,7 +111,7 @@ def run_demo(scale: str, seed: int, say: Callable[[str], None] = print) -> int:
         results, timings = run_night(say)
     finally:
         embedded.server.stop()
-    if len(results) < len(JOBS) or not all(r.success for r in results.values()):
+    if len(results) < len(NIGHTLY_JOBS) or not all(r.success for r in results.values()):
         return 1
     say("")
     say(summary(embedded, results, timings))
@@ -172,8 +157,7 @@ def run_ui(scale: str, seed: int, port: int, say: Callable[[str], None] = print)
         run_night(say)
         say(f"\nDagster UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
         # The same code location name as the repository's workspace.yaml.
-        workspace = embedded.data_dir / "dagster_home" / "workspace.yaml"
-        workspace.write_text(WORKSPACE_YAML)
+        workspace = write_workspace(embedded.data_dir / "dagster_home" / "workspace.yaml")
         command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace)]
         return subprocess.call(
             [*command, "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, **embedded.env}

@@ -18,21 +18,21 @@ from pathlib import Path
 import jwt
 import requests
 
-from . import settings
-from .sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, generate
-from .teachcomputing.engine import make_engine, read_only
-from .teachcomputing.migrate import downgrade, upgrade
-from .teachcomputing.seed import seed_from_dataset
-
-JOBS = ("update_memberships_job", "update_progress_job")
-ENDPOINTS = ("course_runs", "course_run", "course_enrolments_report", "organisation_membership")
+from .. import settings
+from ..defs.constants import DEFINITIONS_MODULE, NIGHTLY_JOBS
+from ..partners_api.client import ENDPOINTS
+from ..sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, generate
+from ..sandbox.seed import seed_from_dataset
+from ..teachcomputing.engine import make_engine, read_only
+from ..teachcomputing.migrate import downgrade, upgrade
+from .local_instance import local_dagster_home
 
 
 def start_sandbox(scale: str, seed: int, latency_ms: float) -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable,
         "-m",
-        "partners_dagster.cli",
+        "partners_dagster.tools.cli",
         "sandbox",
         "--port",
         "0",
@@ -51,7 +51,7 @@ def run_job(job: str, env: dict[str, str]) -> dict:
     """One job in its own process; wall time and that process's peak resident memory."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "job", "execute", "-m", "partners_dagster", "-j", job],
+        [sys.executable, "-m", "dagster", "job", "execute", "-m", DEFINITIONS_MODULE, "-j", job],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -171,8 +171,7 @@ def run_bench(
         import shutil
 
         shutil.rmtree(workdir)
-    (workdir / "dagster_home").mkdir(parents=True)
-    (workdir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    local_dagster_home(workdir / "dagster_home")
     database_url = database_url or f"sqlite:///{workdir / 'teachcomputing.sqlite3'}"
 
     dataset = generate(scale, seed)
@@ -222,7 +221,7 @@ def run_bench(
             paths = floor_paths(url, database_url, known)
             floor_seconds = floor(url, paths, concurrency)
             results = {"floor": {"requests": len(paths), "seconds": floor_seconds}}
-            for job in JOBS:
+            for job in NIGHTLY_JOBS:
                 requests.post(f"{url}/_sandbox/stats/reset", timeout=10)
                 measured = run_job(job, env)
                 measured["network_requests"] = requests.get(
@@ -249,7 +248,7 @@ def format_night(night: str, results: dict) -> str:
         f"\n{night} night",
         f"{'':26}{'wall s':>8}{'run s':>8}{'peak MiB':>10}  network requests / cache hits by endpoint",
     ]
-    for job in JOBS:
+    for job in NIGHTLY_JOBS:
         r = results[job]
         assets = r.get("assets", {})
         hits = {
@@ -276,7 +275,7 @@ def format_night(night: str, results: dict) -> str:
         written = _rows_written(assets)
         if written:
             lines.append(f"  {'':24}rows: {written}")
-    total = sum(results[j]["wall_seconds"] for j in JOBS)
+    total = sum(results[j]["wall_seconds"] for j in NIGHTLY_JOBS)
     lines.append(f"  {'both jobs':<24}{total:8.1f}")
     lines.append(
         f"  {'floor (bare download)':<24}{results['floor']['seconds']:8.1f}  {results['floor']['requests']} requests"

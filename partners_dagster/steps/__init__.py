@@ -1,0 +1,1 @@
+"""The step logic of both nightly jobs, as plain functions: no Dagster."""

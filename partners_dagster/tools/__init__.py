@@ -1,0 +1,1 @@
+"""Operator and developer tools: the command line, the demo, the benchmark and the audit."""

@@ -1,0 +1,35 @@
+"""A local Dagster home for the demo, the UI, the benchmark and the tests: one definition of
+its instance file and of the workspace that names this code location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..defs.constants import CODE_LOCATION, DEFINITIONS_MODULE
+
+INSTANCE_YAML = """\
+# A local Dagster instance: SQLite storage in this folder, no telemetry.
+telemetry:
+  enabled: false
+"""
+
+WORKSPACE_YAML = f"""\
+load_from:
+  - python_module:
+      module_name: {DEFINITIONS_MODULE}
+      attribute: defs
+      location_name: {CODE_LOCATION}
+"""
+
+
+def local_dagster_home(path: Path) -> Path:
+    """``path`` made a Dagster home with the local instance file; returns it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text(INSTANCE_YAML)
+    return path
+
+
+def write_workspace(path: Path) -> Path:
+    """The workspace file (the same as the repository's ``workspace.yaml``) at ``path``."""
+    path.write_text(WORKSPACE_YAML)
+    return path
