@@ -23,6 +23,7 @@ def build_resources() -> dict:
     """The resources, configured from the environment now (DESIGN.md, "Environment")."""
     from . import settings
     from .partners_api.resource import PartnersApiResource
+    from .sidekiq.resource import SidekiqResource
     from .teachcomputing.resource import TeachComputingDatabaseResource
 
     return {
@@ -34,9 +35,16 @@ def build_resources() -> dict:
             cache_expiry_seconds=settings.cache_expiry_seconds(),
             ignored_course_uuids=settings.ignored_course_uuids_text(),
             max_concurrency=settings.max_concurrency(),
+            membership_refresh_days=settings.membership_refresh_days(),
         ),
         "teachcomputing_db": TeachComputingDatabaseResource(
             database_url=_env_or("TEACHCOMPUTING_DATABASE_URL", settings.default_database_url())
+        ),
+        "sidekiq": SidekiqResource(
+            redis_url=dg.EnvVar("TEACHCOMPUTING_SIDEKIQ_REDIS_URL")
+            if os.environ.get("TEACHCOMPUTING_SIDEKIQ_REDIS_URL", "").strip()
+            else None,
+            globalid_app=settings.globalid_app(),
         ),
     }
 

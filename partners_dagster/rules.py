@@ -5,6 +5,7 @@ Each rule fixes a bug the earlier Ruby jobs had; the docstrings say which.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
@@ -79,12 +81,13 @@ def progress_from_ratios(ratios: pd.Series) -> pd.Series:
 
 
 def normalise_email(email: str) -> str:
-    """How emails compare: surrounding white space ignored, case-insensitive, nothing else.
+    """How emails compare: surrounding white space ignored, Python's case-folding (``ß`` and
+    ``SS``, ``İ``, ``É`` fold the same everywhere, unlike SQL's ``lower()``), nothing else.
 
     ``_`` and ``%`` are ordinary characters: the old jobs' ``ILIKE`` let ``a_b@x.org``
     match ``axb@x.org``.
     """
-    return email.strip().lower()
+    return email.strip().casefold()
 
 
 def canonical_uuid(value: str) -> str | None:
@@ -104,25 +107,50 @@ class Match:
 def match_user(
     external_learner_id: str | None,
     user_ids: Iterable[str] | set[str],
-    user_id_by_email: Mapping[str, str],
+    user_ids_by_email: Mapping[str, Sequence[str]],
 ) -> Match:
     """The user an ``external_learner_id`` names: by id first, then by email.
 
-    ``user_id_by_email`` is keyed by ``normalise_email``. If the text is one user's id
-    and another user's email, nobody is guessed: the match is ``ambiguous``.
+    ``user_ids`` and ``user_ids_by_email`` hold only users who may be matched (not
+    forgotten; the email map only users with an email), the map keyed by
+    ``normalise_email``. An id or email that names more than one user (two users whose
+    emails differ only by case or surrounding spaces, or one user's id and another's
+    email) is ``ambiguous``: nobody is guessed.
     """
     if not external_learner_id or not external_learner_id.strip():
         return Match(None, None)
     as_uuid = canonical_uuid(external_learner_id)
     by_id = as_uuid if as_uuid is not None and as_uuid in user_ids else None
-    by_email = user_id_by_email.get(normalise_email(external_learner_id))
-    if by_id and by_email and by_id != by_email:
-        return Match(None, "ambiguous", (by_id, by_email))
+    by_email = tuple(user_ids_by_email.get(normalise_email(external_learner_id), ()))
+    candidates = tuple(sorted({*([by_id] if by_id else []), *by_email}))
+    if len(candidates) > 1:
+        return Match(None, "ambiguous", candidates)
     if by_id:
         return Match(by_id, "id")
     if by_email:
-        return Match(by_email, "email")
+        return Match(by_email[0], "email")
     return Match(None, None)
+
+
+def user_ids_by_email(ids: Iterable[str], emails: Iterable[str | None]) -> dict[str, list[str]]:
+    """The email map ``match_user`` takes: every folded email to the users who have it."""
+    by_email: dict[str, list[str]] = {}
+    for user_id, email in zip(ids, emails, strict=True):
+        if isinstance(email, str) and email.strip():
+            by_email.setdefault(normalise_email(email), []).append(user_id)
+    return by_email
+
+
+def lookup_due_at(membership_uuid: str, fetched_at: datetime, refresh_days: float) -> datetime:
+    """When a remembered lookup of an unlinked membership is asked for again: somewhere
+    between N/2 and N days after it was made (N = ``refresh_days``), the point fixed per
+    membership by its UUID, so that about an equal share comes due each night and none
+    sooner than N/2 days. N = 0: due at once (ask every night)."""
+    if refresh_days <= 0:
+        return fetched_at
+    digest = int(hashlib.blake2b(membership_uuid.encode(), digest_size=8).hexdigest(), 16)
+    share = digest / 2**64  # uniform in [0, 1), fixed for the membership
+    return fetched_at + timedelta(days=refresh_days * (0.5 + 0.5 * share))
 
 
 # -- the latest enrolment --------------------------------------------------------------------
@@ -219,9 +247,11 @@ def transition_metadata(
     dagster_run_id: str,
     run_uuid: str,
     membership_uuid: str,
-    credit: int,
+    credit: float | None,
     left_at: datetime | None,
 ) -> dict[str, Any]:
+    """A transition's metadata: ``credit`` (the activity's, as stored: a float or null) on
+    ``complete``, ``left_at`` on ``dropped``, and the audit trail of who moved it."""
     metadata: dict[str, Any] = {
         "source": SOURCE,
         "dagster_run_id": dagster_run_id,
@@ -238,11 +268,14 @@ def transition_metadata(
 # -- a new achievement's programme ----------------------------------------------------------
 
 
+UNENROLLED = "unenrolled"
+
+
 @dataclass(frozen=True)
 class ProgrammeEnrolment:
     programme_id: str
     created_at: datetime
-    unenrolled_at: datetime | None = None
+    state: str = "enrolled"  # the to_state of its most recent transition; enrolled with none
 
 
 def programme_for_new_achievement(
@@ -253,41 +286,114 @@ def programme_for_new_achievement(
     programmes = set(activity_programme_ids)
     if len(programmes) == 1:
         return next(iter(programmes))
-    current = [
-        e for e in user_enrolments if e.programme_id in programmes and e.unenrolled_at is None
-    ]
+    current = [e for e in user_enrolments if e.programme_id in programmes and e.state != UNENROLLED]
     if not current:
         return None
     return max(current, key=lambda e: (e.created_at, e.programme_id)).programme_id
 
 
-# -- follow-up jobs on completion -----------------------------------------------------------
+# -- follow-up jobs --------------------------------------------------------------------------
 
 CERTIFICATE_PROGRAMMES = frozenset({"primary-certificate", "secondary-certificate"})
 CS_ACCELERATOR = "cs-accelerator"
+EMAIL_CATEGORIES = frozenset({"face-to-face", "online"})
+QUEUE = "default"
+NIGHT_ZONE = ZoneInfo("Europe/London")
+# ActiveJob 6.1 marks a hash passed as keyword arguments with this key (its symbol keys).
+RUBY2_KEYWORDS = "_aj_ruby2_keywords"
+GLOBALID = "_aj_globalid"
+
+
+@dataclass(frozen=True)
+class Programme:
+    id: str
+    slug: str
+    type: str | None  # Rails STI class, e.g. Programmes::PrimaryCertificate; None: Programme
+
+    def global_id(self, app: str) -> str:
+        return f"gid://{app}/{self.type or 'Programme'}/{self.id}"
 
 
 @dataclass(frozen=True)
 class FollowUpJob:
+    """One outbox row: a job as ``perform_later`` would have queued it."""
+
     job_class: str
-    arguments: dict[str, Any] = field(hash=False)
+    arguments: list[Any] = field(hash=False)  # ActiveJob 6.1's serialized arguments
     run_at: datetime
     dedup_key: str
+    achievement_id: str | None = None
+    user_id: str | None = None
+    queue: str = QUEUE
 
 
-def follow_up_jobs(
-    programme_slug: str | None, user_id: str, achievement_id: str, now: datetime
+def keywords(**values: Any) -> dict[str, Any]:
+    """Keyword arguments as ActiveJob 6.1 serializes them (``perform_later(x: 1)``)."""
+    return {**values, RUBY2_KEYWORDS: list(values)}
+
+
+def completion_jobs(
+    *,
+    programme: Programme | None,
+    category: str | None,
+    user_id: str,
+    activity_id: str,
+    achievement_id: str,
+    now: datetime,
+    globalid_app: str,
 ) -> list[FollowUpJob]:
-    """The outbox rows a move to ``complete`` queues: at most one per achievement completion
-    (a complete achievement never changes, so the achievement id makes the key)."""
-    if programme_slug in CERTIFICATE_PROGRAMMES:
-        job_class = "CertificatePendingTransitionJob"
-        arguments = {"programme_slug": programme_slug, "user_id": user_id, "source": SOURCE}
-        run_at = now + timedelta(minutes=1)
-    elif programme_slug == CS_ACCELERATOR:
-        job_class = "AssessmentEligibilityJob"
-        arguments = {"user_id": user_id}
-        run_at = now
-    else:
-        return []
-    return [FollowUpJob(job_class, arguments, run_at, f"{job_class}:{achievement_id}:complete")]
+    """What the website queues when an achievement moves to ``complete`` (DESIGN.md,
+    "Follow-up jobs"). A complete achievement never changes, so each job's key is the
+    achievement's completion: each is queued once."""
+
+    def job(job_class: str, arguments: list, run_at: datetime) -> FollowUpJob:
+        return FollowUpJob(
+            job_class,
+            arguments,
+            run_at,
+            f"{job_class}:{achievement_id}:complete",
+            achievement_id=achievement_id,
+            user_id=user_id,
+        )
+
+    slug = programme.slug if programme else None
+    jobs = []
+    if programme is not None and slug in CERTIFICATE_PROGRAMMES:
+        arguments = [
+            {GLOBALID: programme.global_id(globalid_app)},
+            user_id,
+            keywords(source=SOURCE),
+        ]
+        jobs.append(job("CertificatePendingTransitionJob", arguments, now + timedelta(minutes=1)))
+    if slug == CS_ACCELERATOR:
+        jobs.append(job("AssessmentEligibilityJob", [user_id], now))
+    jobs.append(job("IssueBadgeJob", [achievement_id], now + timedelta(minutes=2)))
+    jobs.append(job("CSAccelerator::CheckNextStepsJob", [achievement_id], now + timedelta(days=2)))
+    if category in EMAIL_CATEGORIES:
+        jobs.append(job("CompleteAchievementEmailJob", [user_id, activity_id], now))
+    return jobs
+
+
+def auto_enrol_job(
+    *,
+    programme: Programme | None,
+    achievement_id: str,
+    user_id: str,
+    has_csa_enrolment: bool,
+    now: datetime,
+) -> FollowUpJob | None:
+    """``CSAccelerator::AutoEnrolJob`` for a CS Accelerator achievement that was created or
+    changed, when its user has no CS Accelerator enrolment in any state (the website's
+    ``csa_auto_enrollable?``): once per achievement per night."""
+    if programme is None or programme.slug != CS_ACCELERATOR or has_csa_enrolment:
+        return None
+    night = now.astimezone(NIGHT_ZONE).date().isoformat()
+    job_class = "CSAccelerator::AutoEnrolJob"
+    return FollowUpJob(
+        job_class,
+        [keywords(achievement_id=achievement_id)],
+        now,
+        f"{job_class}:{achievement_id}:{night}",
+        achievement_id=achievement_id,
+        user_id=user_id,
+    )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 DEFAULT_CACHE_EXPIRY_SECONDS = 5 * 60 * 60
 DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_MEMBERSHIP_REFRESH_DAYS = 7
+DEFAULT_GLOBALID_APP = "teach-computing"
 
 
 class ConfigurationError(ValueError):
@@ -77,3 +79,25 @@ def parse_uuid_list(raw: str | None) -> frozenset[str]:
 
 def ignored_course_uuids_text() -> str:
     return os.environ.get("FL_PARTNERS_IGNORED_COURSE_UUIDS", "")
+
+
+def membership_refresh_days() -> float:
+    """FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS: how often an unlinked membership already looked up
+    is asked for again (0 = every night)."""
+    raw = _env("FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS")
+    if raw is None:
+        return DEFAULT_MEMBERSHIP_REFRESH_DAYS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 365:
+        raise ConfigurationError(
+            f"FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS must be a number of days from 0 to 365, got {raw!r}"
+        )
+    return value
+
+
+def globalid_app() -> str:
+    """TEACHCOMPUTING_GLOBALID_APP: the website's GlobalID app name."""
+    return _env("TEACHCOMPUTING_GLOBALID_APP") or DEFAULT_GLOBALID_APP

@@ -65,6 +65,16 @@ def make_client(sandbox, tmp_path):
         client.close()
 
 
+@pytest.fixture
+def night(tiny_dataset, tmp_path):
+    """Both nightly jobs on the tiny sandbox, a fresh SQLite database and Dagster instance."""
+    from .harness import Night
+
+    night = Night(tiny_dataset, tmp_path)
+    yield night
+    night.close()
+
+
 # -- databases -------------------------------------------------------------------------------
 
 POSTGRES_ENV = "PARTNERS_DAGSTER_TEST_POSTGRES_URL"
@@ -104,11 +114,13 @@ def empty_database_url(request, tmp_path):
 
 @pytest.fixture
 def database_url(empty_database_url):
-    """A migrated, empty database on each backend."""
+    """An empty database on each backend with the website's tables and ours."""
     from partners_dagster.teachcomputing.engine import make_engine
     from partners_dagster.teachcomputing.migrate import upgrade
+    from partners_dagster.teachcomputing.schema import create_teachcomputing_tables
 
     engine = make_engine(empty_database_url)
+    create_teachcomputing_tables(engine)
     upgrade(engine)
     engine.dispose()
     return empty_database_url

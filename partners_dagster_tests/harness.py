@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+from sqlalchemy import inspect
 
 from partners_dagster.definitions import build_definitions
 from partners_dagster.partners_api.resource import PartnersApiResource
@@ -26,10 +27,37 @@ from partners_dagster.sandbox import (
     SandboxServer,
 )
 from partners_dagster.sandbox.seed import seed_from_dataset
+from partners_dagster.sidekiq.resource import SidekiqResource
 from partners_dagster.teachcomputing.engine import make_engine
 from partners_dagster.teachcomputing.migrate import upgrade
+from partners_dagster.teachcomputing.repository import TeachComputingRepository
 from partners_dagster.teachcomputing.resource import TeachComputingDatabaseResource
+from partners_dagster.teachcomputing.schema import create_teachcomputing_tables
 from partners_dagster.tools.local_instance import local_dagster_home
+
+GLOBALID_APP = "teach-computing"
+PROGRAMME_TYPES = {
+    "primary-certificate": "Programmes::PrimaryCertificate",
+    "secondary-certificate": "Programmes::SecondaryCertificate",
+    "cs-accelerator": "Programmes::CSAccelerator",
+}
+
+
+def create_test_views(engine) -> None:
+    """Views for the tests' queries only: an achievement with its statesman state (the most
+    recent transition's to_state, enrolled with none), and each transition with the state
+    it moved from."""
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE VIEW achievements_with_state AS SELECT a.*, "
+            "coalesce(t.to_state, 'enrolled') AS current_state FROM achievements a "
+            "LEFT JOIN achievement_transitions t ON t.achievement_id = a.id AND t.most_recent"
+        )
+        connection.exec_driver_sql(
+            "CREATE VIEW transitions_with_from AS SELECT t.*, LAG(t.to_state, 1, 'enrolled') "
+            "OVER (PARTITION BY t.achievement_id ORDER BY t.sort_key) AS from_state "
+            "FROM achievement_transitions t"
+        )
 
 
 class Night:
@@ -47,8 +75,11 @@ class Night:
         self.server = SandboxServer(SandboxApi(dataset)).start()
         self.database_url = database_url or f"sqlite:///{workdir / 'teachcomputing.sqlite3'}"
         self.engine = make_engine(self.database_url)
+        if not inspect(self.engine).has_table("users"):
+            create_teachcomputing_tables(self.engine)
         upgrade(self.engine)
         seed_from_dataset(self.engine, dataset)
+        create_test_views(self.engine)
         self.cache_path = workdir / "partners_api_cache.sqlite3"
         self.resources = {
             "partners_api": PartnersApiResource(
@@ -60,6 +91,7 @@ class Night:
                 **{"max_attempts": 3, "backoff_initial_seconds": 0.01, **api_options},
             ),
             "teachcomputing_db": TeachComputingDatabaseResource(database_url=self.database_url),
+            "sidekiq": SidekiqResource(globalid_app=GLOBALID_APP),
         }
         self.defs = build_definitions(self.resources)
         self._dagster_home = tempfile.TemporaryDirectory(dir=workdir)
@@ -82,26 +114,45 @@ class Night:
         with self.engine.connect() as connection:
             return pd.read_sql_query(sql, connection)
 
+    def repository(self) -> TeachComputingRepository:
+        return TeachComputingRepository(self.engine)
+
     def state(self) -> dict[str, pd.DataFrame]:
         """The database's meaning, free of ids, timestamps and run ids that differ between
         equivalent nights: what two nights must agree on."""
-        links = self.query("SELECT uuid, user_id FROM future_learn_organisation_memberships")
+        links = self.repository().linked_memberships()
+        link_rows = self.query(
+            "SELECT membership_uuid, user_id, matched_by FROM partners_dagster_membership_links"
+        )
         achievements = self.query(
-            "SELECT user_id, activity_id, programme_id, progress, current_state FROM achievements"
+            "SELECT a.user_id, a.activity_id, a.programme_id, a.progress, "
+            "coalesce(t.to_state, 'enrolled') AS state FROM achievements a "
+            "LEFT JOIN achievement_transitions t ON t.achievement_id = a.id AND t.most_recent"
         )
         transitions = self.query(
-            "SELECT a.user_id, a.activity_id, t.from_state, t.to_state, t.sort_key, t.most_recent, t.metadata "
+            "SELECT a.user_id, a.activity_id, t.to_state, t.sort_key, t.most_recent, t.metadata "
             "FROM achievement_transitions t JOIN achievements a ON a.id = t.achievement_id"
         )
         transitions["metadata"] = transitions["metadata"].map(_without_run_id)
         transitions["most_recent"] = transitions["most_recent"].astype(bool)
-        jobs = self.query("SELECT job_class, arguments FROM pending_jobs")
-        jobs["arguments"] = jobs["arguments"].map(lambda v: json.dumps(_json(v), sort_keys=True))
+        outbox = self.repository().outbox()
+        jobs = pd.DataFrame(
+            {
+                "job_class": outbox["job_class"],
+                "arguments": outbox["arguments"].map(
+                    lambda v: _ids_of(json.dumps(_json(v), sort_keys=True), self.achievement_keys())
+                ),
+                "run_at_offset": (outbox["run_at"] - outbox["created_at"])
+                .dt.total_seconds()
+                .round(),
+            }
+        )
         frames = {
             "links": links,
+            "link_rows": link_rows,
             "achievements": achievements,
             "transitions": transitions,
-            "pending_jobs": jobs,
+            "outbox": jobs,
         }
         # PostgreSQL hands back uuid.UUID objects where SQLite has text.
         frames = {
@@ -111,6 +162,11 @@ class Night:
         return {
             name: f.sort_values(list(f.columns), ignore_index=True) for name, f in frames.items()
         }
+
+    def achievement_keys(self) -> dict[str, str]:
+        """Achievement id -> "user/activity": ids differ between equivalent nights."""
+        frame = self.query("SELECT id, user_id, activity_id FROM achievements")
+        return {str(i): f"{u}/{a}" for i, u, a in frame.itertuples(index=False)}
 
     def environment(self, dagster_home: Path) -> dict[str, str]:
         """The environment a deployed process would run this night with."""
@@ -150,6 +206,13 @@ class Night:
         self._instance_cm.__exit__(None, None, None)
         self.server.stop()
         self.engine.dispose()
+
+
+def _ids_of(text: str, keys: dict[str, str]) -> str:
+    for achievement_id, key in keys.items():
+        if achievement_id in text:
+            text = text.replace(achievement_id, key)
+    return text
 
 
 def _json(value):
@@ -202,10 +265,22 @@ class Scenario:
         return _id(kind, name)
 
     def course(
-        self, name: str, *, programmes: tuple[str, ...] = (), known: bool = True, credit: int = 10
+        self,
+        name: str,
+        *,
+        programmes: tuple[str, ...] = (),
+        known: bool = True,
+        credit: float | None = 10.0,
+        category: str | None = None,
     ) -> str:
         self.courses.append(
-            {"name": name, "programmes": programmes, "known": known, "credit": credit}
+            {
+                "name": name,
+                "programmes": programmes,
+                "known": known,
+                "credit": credit,
+                "category": category,
+            }
         )
         return _id("course", name)
 
@@ -213,8 +288,10 @@ class Scenario:
         self.runs.append({"name": name, "course": course})
         return _id("run", name)
 
-    def user(self, name: str, email: str | None = None) -> str:
-        self.users.append({"name": name, "email": email or f"{name}@school.example.org"})
+    def user(self, name: str, email: str | None = "", *, forgotten: bool = False) -> str:
+        """A user; ``email=None`` makes one without an email (the default is name@…)."""
+        email = f"{name}@school.example.org" if email == "" else email
+        self.users.append({"name": name, "email": email, "forgotten": forgotten})
         return _id("user", name)
 
     def membership(self, name: str, external_learner_id: str | None, *, found: bool = True) -> str:
@@ -240,8 +317,13 @@ class Scenario:
             }
         )
 
-    def on_programme(self, user: str, programme: str, since: str) -> None:
-        self.programme_enrolments.append({"user": user, "programme": programme, "since": since})
+    def on_programme(
+        self, user: str, programme: str, since: str, *, state: str | None = None
+    ) -> None:
+        """A programme enrolment; ``state`` adds one statesman transition (e.g. unenrolled)."""
+        self.programme_enrolments.append(
+            {"user": user, "programme": programme, "since": since, "state": state}
+        )
 
     def build(self) -> SandboxDataset:
         run_names = [r["name"] for r in self.runs]
@@ -286,6 +368,7 @@ class Scenario:
                 {
                     "id": [_id("user", u["name"]) for u in self.users],
                     "email": [u["email"] for u in self.users],
+                    "forgotten": [u["forgotten"] for u in self.users],
                     "created_at": pd.Timestamp("2020-01-01", tz="UTC"),
                 }
             ),
@@ -295,6 +378,7 @@ class Scenario:
                     "title": [f"Course {c['name']}" for c in activities],
                     "future_learn_course_uuid": [_id("course", c["name"]) for c in activities],
                     "credit": [c["credit"] for c in activities],
+                    "category": [c["category"] for c in activities],
                 }
             ),
             programmes=pd.DataFrame(
@@ -302,15 +386,20 @@ class Scenario:
                     "id": list(programme_ids.values()),
                     "slug": self.programmes,
                     "title": self.programmes,
+                    "type": [PROGRAMME_TYPES.get(slug) for slug in self.programmes],
                 }
             ),
             programme_activities=pd.DataFrame(
                 [
-                    {"programme_id": programme_ids[p], "activity_id": _id("activity", c["name"])}
+                    {
+                        "id": _id("programme_activity", f"{p}/{c['name']}"),
+                        "programme_id": programme_ids[p],
+                        "activity_id": _id("activity", c["name"]),
+                    }
                     for c in activities
                     for p in course_by_name[c["name"]]["programmes"]
                 ],
-                columns=["programme_id", "activity_id"],
+                columns=["id", "programme_id", "activity_id"],
             ),
             user_programme_enrolments=pd.DataFrame(
                 {
@@ -325,8 +414,27 @@ class Scenario:
                     "created_at": pd.to_datetime(
                         [e["since"] for e in self.programme_enrolments], utc=True
                     ),
-                    "unenrolled_at": pd.NaT,
                 }
+            ),
+            user_programme_enrolment_transitions=pd.DataFrame(
+                [
+                    {
+                        "user_programme_enrolment_id": _id("upe", f"{e['user']}/{e['programme']}"),
+                        "to_state": e["state"],
+                        "sort_key": 10,
+                        "most_recent": True,
+                        "created_at": pd.Timestamp(e["since"], tz="UTC") + pd.Timedelta(days=1),
+                    }
+                    for e in self.programme_enrolments
+                    if e["state"]
+                ],
+                columns=[
+                    "user_programme_enrolment_id",
+                    "to_state",
+                    "sort_key",
+                    "most_recent",
+                    "created_at",
+                ],
             ),
         )
 

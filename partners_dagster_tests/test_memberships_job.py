@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from partners_dagster.sandbox import Faults
 
 from .harness import Night, check_results, materialization_metadata
@@ -25,20 +23,18 @@ def expected_links(dataset) -> set[tuple[str, str]]:
     return links
 
 
-@pytest.fixture
-def night(tiny_dataset, tmp_path):
-    night = Night(tiny_dataset, tmp_path)
-    yield night
-    night.close()
-
-
 def test_links_exactly_the_memberships_the_dataset_says(night, tiny_dataset):
     result = night.run("update_memberships_job")
     stored = night.query(
-        "SELECT uuid, user_id, dagster_run_id FROM future_learn_organisation_memberships"
+        "SELECT membership_uuid AS uuid, user_id, dagster_run_id FROM partners_dagster_membership_links"
     )
     assert set(zip(stored["uuid"], stored["user_id"], strict=True)) == expected_links(tiny_dataset)
     assert set(stored["dagster_run_id"]) == {result.run_id}
+    # The website's own record of a link: the user's array, one entry each.
+    arrays = night.repository().linked_memberships()
+    assert set(zip(arrays["membership_uuid"], arrays["user_id"], strict=True)) == expected_links(
+        tiny_dataset
+    )
 
     kinds = tiny_dataset.memberships.set_index("membership_uuid")["kind"]
     linked_kinds = set(kinds[stored["uuid"]])
@@ -50,7 +46,7 @@ def test_links_exactly_the_memberships_the_dataset_says(night, tiny_dataset):
     links = materialization_metadata(result, "membership_links")
     assert links["memberships_linked"] == len(stored)
     assert links["linked_by_id"] + links["linked_by_email"] == len(stored)
-    assert links["memberships_unmatched"] > 0 and links["memberships_not_found"] > 0
+    assert links["unmatched_no_such_user"] > 0 and links["unmatched_membership_not_found"] > 0
 
 
 def test_each_membership_is_fetched_once_and_only_known_courses_are_read(night, tiny_dataset):
@@ -98,12 +94,16 @@ def test_ignored_courses_are_not_reported(tiny_dataset, tmp_path):
 
 def test_a_second_run_makes_no_links_and_no_network_requests(night):
     night.run("update_memberships_job")
-    links = night.query("SELECT * FROM future_learn_organisation_memberships")
+    links = night.query("SELECT * FROM partners_dagster_membership_links")
+    arrays = night.query("SELECT id, future_learn_organisation_memberships, updated_at FROM users")
     night.api.requests.clear()
     second = night.run("update_memberships_job")
     assert sum(night.api.requests.values()) == 0
     assert materialization_metadata(second, "membership_links")["memberships_linked"] == 0
-    assert night.query("SELECT * FROM future_learn_organisation_memberships").equals(links)
+    assert night.query("SELECT * FROM partners_dagster_membership_links").equals(links)
+    assert night.query(
+        "SELECT id, future_learn_organisation_memberships, updated_at FROM users"
+    ).equals(arrays)
     requests = [
         materialization_metadata(second, a)["api_network_requests"]
         for a in ("course_runs", "course_enrolments", "organisation_memberships")
@@ -124,20 +124,28 @@ def test_a_failing_report_is_listed_and_the_rest_go_on(night, tiny_dataset):
     assert materialization_metadata(result, "membership_links")["memberships_linked"] > 0
 
 
-def test_a_membership_already_linked_to_someone_else_is_not_moved(night, tiny_dataset):
+def test_a_membership_the_website_linked_to_someone_else_is_not_moved(night, tiny_dataset):
+    # The website (or the old jobs) put it in another user's array, in upper case, with no
+    # link row of ours: it counts as linked, is not asked for, and stays where it is.
     linked = tiny_dataset.memberships.query("kind == 'user_id'").iloc[0]
     other_user = tiny_dataset.users["id"].iat[-1]
     with night.engine.begin() as connection:
         connection.exec_driver_sql(
-            "INSERT INTO future_learn_organisation_memberships (uuid, user_id, linked_at) VALUES (?, ?, '2020-01-01 00:00:00')",
-            (linked["membership_uuid"], other_user),
+            "UPDATE users SET future_learn_organisation_memberships = ? WHERE id = ?",
+            (f'["{linked["membership_uuid"].upper()}"]', other_user),
         )
     night.run("update_memberships_job")
     assert night.api.requests["organisation_membership"] > 0
-    owner = night.query(
-        f"SELECT user_id FROM future_learn_organisation_memberships WHERE uuid = '{linked['membership_uuid']}'"
+    arrays = night.repository().linked_memberships()
+    owners = arrays.loc[arrays["membership_uuid"] == linked["membership_uuid"], "user_id"]
+    assert owners.tolist() == [other_user]
+    assert (
+        night.query(
+            "SELECT count(*) AS n FROM partners_dagster_membership_links "
+            f"WHERE membership_uuid = '{linked['membership_uuid']}'"
+        )["n"].iat[0]
+        == 0
     )
-    assert owner["user_id"].tolist() == [other_user]
 
 
 def test_a_link_written_by_a_concurrent_run_is_reported_not_overwritten(night, tiny_dataset):
@@ -148,7 +156,7 @@ def test_a_link_written_by_a_concurrent_run_is_reported_not_overwritten(night, t
     repository = TeachComputingRepository(night.engine)
     membership = tiny_dataset.memberships["membership_uuid"].iat[0]
     first, second = tiny_dataset.users["id"].iat[0], tiny_dataset.users["id"].iat[1]
-    link = pd.DataFrame({"membership_uuid": [membership], "user_id": [first]})
+    link = pd.DataFrame({"membership_uuid": [membership], "user_id": [first], "matched_by": ["id"]})
     assert repository.link_memberships(link, "run-a").created == 1
     again = repository.link_memberships(link, "run-b")
     assert (again.created, again.already_linked, again.conflicts) == (0, 1, [])
@@ -157,7 +165,7 @@ def test_a_link_written_by_a_concurrent_run_is_reported_not_overwritten(night, t
     assert other.conflicts == [
         {"membership_uuid": membership, "linked_user_id": first, "matched_user_id": second}
     ]
-    stored = night.query(
-        "SELECT user_id, dagster_run_id FROM future_learn_organisation_memberships"
-    )
+    stored = night.query("SELECT user_id, dagster_run_id FROM partners_dagster_membership_links")
     assert stored.values.tolist() == [[first, "run-a"]]
+    arrays = night.repository().linked_memberships()
+    assert arrays.values.tolist() == [[membership, first]]  # in one array, once

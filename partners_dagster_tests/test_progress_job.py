@@ -7,7 +7,7 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
-from .harness import Night, Scenario, check_results, materialization_metadata
+from .harness import PROGRAMME_TYPES, Night, Scenario, check_results, materialization_metadata
 
 # -- the old jobs' specification, as behaviour -----------------------------------------------
 
@@ -30,7 +30,7 @@ def scenario():
 
 def _achievement(night: Night, scenario: Scenario, user: str, course: str) -> dict:
     rows = night.query(
-        "SELECT id, progress, current_state, programme_id FROM achievements "
+        "SELECT id, progress, current_state, programme_id FROM achievements_with_state "
         f"WHERE user_id = '{scenario.id('user', user)}' AND activity_id = '{scenario.id('activity', course)}'"
     )
     assert len(rows) <= 1
@@ -39,13 +39,15 @@ def _achievement(night: Night, scenario: Scenario, user: str, course: str) -> di
 
 def _transitions(night: Night, achievement_id: str) -> list[tuple]:
     rows = night.query(
-        f"SELECT from_state, to_state FROM achievement_transitions WHERE achievement_id = '{achievement_id}' ORDER BY sort_key"
+        f"SELECT from_state, to_state FROM transitions_with_from WHERE achievement_id = '{achievement_id}' ORDER BY sort_key"
     )
     return list(rows.itertuples(index=False, name=None))
 
 
 def _jobs(night: Night) -> pd.DataFrame:
-    return night.query("SELECT job_class, arguments, dedup_key FROM pending_jobs ORDER BY id")
+    return night.query(
+        "SELECT job_class, arguments, dedup_key FROM partners_dagster_outbox ORDER BY id"
+    )
 
 
 @pytest.fixture
@@ -91,8 +93,7 @@ def test_two_memberships_take_the_later_enrolment_across_both_and_update_once(sc
     assert (achievement["progress"], achievement["current_state"]) == (30, "in_progress")
     assert _transitions(night, achievement["id"]) == [("enrolled", "in_progress")]
     assert (
-        night.query("SELECT count(*) AS n FROM future_learn_organisation_memberships")["n"].iat[0]
-        == 2
+        night.query("SELECT count(*) AS n FROM partners_dagster_membership_links")["n"].iat[0] == 2
     )
 
 
@@ -128,22 +129,34 @@ def test_a_certificate_completion_queues_one_pending_transition_job(
     scenario.enrol(f"{course}-1", "dan-m", "2027-01-05T10:00:00", 1.0)
     night = run_nights()
     jobs = _jobs(night)
-    assert jobs["job_class"].tolist() == ["CertificatePendingTransitionJob"]
+    achievement = _achievement(night, scenario, "dan", course)
+    assert jobs["job_class"].tolist() == [
+        "CertificatePendingTransitionJob",
+        "IssueBadgeJob",
+        "CSAccelerator::CheckNextStepsJob",
+    ]
     import json
 
-    arguments = jobs["arguments"].iat[0]
-    arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-    assert arguments == {"programme_slug": slug, "user_id": u, "source": "partners_dagster"}
-    achievement = _achievement(night, scenario, "dan", course)
+    arguments = [json.loads(a) if isinstance(a, str) else a for a in jobs["arguments"]]
+    programme_class = PROGRAMME_TYPES[slug]
+    programme_id = scenario.id("programme", slug)
+    # As ActiveJob 6.1 serializes perform_later(programme, user_id, source: ...): the
+    # Programme as a GlobalID, the keyword hash marked as keywords.
+    assert arguments[0] == [
+        {"_aj_globalid": f"gid://teach-computing/{programme_class}/{programme_id}"},
+        u,
+        {"source": "partners_dagster", "_aj_ruby2_keywords": ["source"]},
+    ]
+    assert arguments[1] == arguments[2] == [achievement["id"]]
     metadata = night.query(
-        f"SELECT metadata FROM achievement_transitions WHERE achievement_id = '{achievement['id']}'"
+        f"SELECT metadata FROM transitions_with_from WHERE achievement_id = '{achievement['id']}'"
     )
     recorded = json.loads(metadata["metadata"].iat[0])
-    assert recorded["credit"] == (20 if course == "python" else 10)
+    assert recorded["credit"] == (20.0 if course == "python" else 10.0)
     assert recorded["future_learn_run_uuid"] == scenario.id("run", f"{course}-1")
     assert recorded["future_learn_membership_uuid"] == scenario.id("membership", "dan-m")
     night.run("update_progress_job")
-    assert len(_jobs(night)) == 1
+    assert len(_jobs(night)) == 3  # each queued once
 
 
 def test_a_cs_accelerator_completion_queues_one_assessment_eligibility_job(scenario, run_nights):
@@ -152,8 +165,14 @@ def test_a_cs_accelerator_completion_queues_one_assessment_eligibility_job(scena
     scenario.enrol("networks-1", "eve-m", "2027-01-05T10:00:00", 0.75)
     night = run_nights()
     jobs = _jobs(night)
-    assert jobs["job_class"].tolist() == ["AssessmentEligibilityJob"]
-    assert u in jobs["arguments"].iat[0]
+    assert sorted(jobs["job_class"]) == [
+        "AssessmentEligibilityJob",
+        "CSAccelerator::AutoEnrolJob",  # created, and eve has no CS Accelerator enrolment
+        "CSAccelerator::CheckNextStepsJob",
+        "IssueBadgeJob",
+    ]
+    by_class = dict(zip(jobs["job_class"], jobs["arguments"], strict=True))
+    assert u in str(by_class["AssessmentEligibilityJob"])
 
 
 def test_deactivated_below_60_drops_and_a_new_run_brings_the_learner_back(scenario, run_nights):
@@ -173,7 +192,7 @@ def test_deactivated_below_60_drops_and_a_new_run_brings_the_learner_back(scenar
         ("dropped", "enrolled"),
     ]
     most_recent = night.query(
-        f"SELECT to_state FROM achievement_transitions WHERE achievement_id = '{achievement['id']}' AND most_recent"
+        f"SELECT to_state FROM transitions_with_from WHERE achievement_id = '{achievement['id']}' AND most_recent"
     )
     assert most_recent["to_state"].tolist() == ["enrolled"]
 
@@ -261,7 +280,7 @@ def test_every_achievement_matches_an_independent_computation(tiny_dataset, tmp_
     try:
         first, second = night.both_steps()
         stored = night.query(
-            "SELECT user_id, activity_id, progress, current_state FROM achievements"
+            "SELECT user_id, activity_id, progress, current_state FROM achievements_with_state"
         )
         expected = independent_expectation(tiny_dataset)
         key = ["user_id", "activity_id"]
@@ -278,7 +297,7 @@ def test_every_achievement_matches_an_independent_computation(tiny_dataset, tmp_
         night.api.requests.clear()
         tables = {
             t: night.query(f"SELECT * FROM {t}")
-            for t in ("achievements", "achievement_transitions", "pending_jobs")
+            for t in ("achievements", "achievement_transitions", "partners_dagster_outbox", "users")
         }
         again = night.run("update_progress_job")
         assert sum(night.api.requests.values()) == 0
@@ -287,6 +306,6 @@ def test_every_achievement_matches_an_independent_computation(tiny_dataset, tmp_
             assert night.query(f"SELECT * FROM {table}").equals(before), table
         progress = materialization_metadata(again, "achievement_progress")
         assert progress["achievements_created"] == progress["achievements_progressed"] == 0
-        assert progress["pending_jobs_queued"] == 0
+        assert progress["follow_up_jobs_queued"] == 0
     finally:
         night.close()

@@ -34,7 +34,7 @@ def course_runs(
     context: dg.AssetExecutionContext,
     partners_api: PartnersApiResource,
     teachcomputing_db: TeachComputingDatabaseResource,
-):
+):  # MaterializeResult[...] with checks: Dagster reads the value as untyped
     """Every FutureLearn course run the partner can see, with whether Teach Computing knows its
     course (an activity holds its UUID) or has asked to ignore it."""
     client = partners_api.client
@@ -50,8 +50,8 @@ def course_runs(
         context.log.warning(
             f"{len(unknown)} FutureLearn course(s) unknown to Teach Computing: {', '.join(unknown['title'])}"
         )
-    yield dg.Output(
-        frame,
+    return dg.MaterializeResult(
+        value=frame,
         metadata={
             "runs": len(runs),
             "courses": len(courses),
@@ -62,30 +62,32 @@ def course_runs(
             "unknown_courses": table(unknown),
             **requests,
         },
-    )
-    yield dg.AssetCheckResult(
-        check_name="no_unknown_courses",
-        passed=unknown.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=None
-        if unknown.empty
-        else "Add an activity for each course, or list it in FL_PARTNERS_IGNORED_COURSE_UUIDS.",
-        metadata={"unknown_courses": len(unknown), "courses": table(unknown)},
-    )
-    yield dg.AssetCheckResult(
-        check_name="no_malformed_runs",
-        passed=not rejections,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "rejected": len(rejections),
-            "first_reasons": table(
-                pd.DataFrame(
-                    [(r.index, r.key, r.reason) for r in rejections],
-                    columns=["index", "key", "reason"],
-                ),
-                limit=5,
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="no_unknown_courses",
+                passed=unknown.empty,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=None
+                if unknown.empty
+                else "Add an activity for each course, or list it in FL_PARTNERS_IGNORED_COURSE_UUIDS.",
+                metadata={"unknown_courses": len(unknown), "courses": table(unknown)},
             ),
-        },
+            dg.AssetCheckResult(
+                check_name="no_malformed_runs",
+                passed=not rejections,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "rejected": len(rejections),
+                    "first_reasons": table(
+                        pd.DataFrame(
+                            [(r.index, r.key, r.reason) for r in rejections],
+                            columns=["index", "key", "reason"],
+                        ),
+                        limit=5,
+                    ),
+                },
+            ),
+        ],
     )
 
 
@@ -107,7 +109,7 @@ def course_runs(
 )
 def course_enrolments(
     context: dg.AssetExecutionContext, partners_api: PartnersApiResource, course_runs: pd.DataFrame
-):
+):  # MaterializeResult[...] with checks: Dagster reads the value as untyped
     """Every enrolment on every run of a course Teach Computing knows, fetched concurrently.
     Runs whose report could not be fetched after retries are listed; the rest go on."""
     client = partners_api.client
@@ -118,8 +120,8 @@ def course_enrolments(
         context.log.error(
             f"{len(failed)} enrolment report(s) could not be fetched; their courses will be skipped"
         )
-    yield dg.Output(
-        result,
+    return dg.MaterializeResult(
+        value=result,
         metadata={
             "runs_fetched": result.runs_fetched,
             "runs_failed": len(failed),
@@ -129,16 +131,21 @@ def course_enrolments(
             "failed_runs": table(failed),
             **requests,
         },
-    )
-    yield dg.AssetCheckResult(
-        check_name="all_runs_fetched",
-        passed=failed.empty,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"runs_failed": len(failed), "failed_runs": table(failed)},
-    )
-    yield dg.AssetCheckResult(
-        check_name="no_malformed_enrolments",
-        passed=rejected.empty,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"records_rejected": len(rejected), "first_reasons": table(rejected, limit=5)},
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="all_runs_fetched",
+                passed=failed.empty,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"runs_failed": len(failed), "failed_runs": table(failed)},
+            ),
+            dg.AssetCheckResult(
+                check_name="no_malformed_enrolments",
+                passed=rejected.empty,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "records_rejected": len(rejected),
+                    "first_reasons": table(rejected, limit=5),
+                },
+            ),
+        ],
     )

@@ -6,7 +6,12 @@ import pandas as pd
 from ..partners_api.resource import PartnersApiResource
 from ..privacy import mask_email
 from ..steps.course_reports import CourseEnrolments
-from ..steps.membership_matching import fetch_memberships, match_memberships, memberships_to_fetch
+from ..steps.membership_matching import (
+    fetch_memberships,
+    match_memberships,
+    plan_membership_lookups,
+)
+from ..teachcomputing.models import utcnow
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import GROUP
 from .metadata import request_tally, table
@@ -18,26 +23,40 @@ def organisation_memberships(
     partners_api: PartnersApiResource,
     teachcomputing_db: TeachComputingDatabaseResource,
     course_enrolments: CourseEnrolments,
-) -> dg.Output[pd.DataFrame]:
-    """Each organisation membership on tonight's reports that no Teach Computing user is linked
-    to yet, fetched once however many runs it appears on."""
-    linked = teachcomputing_db.repository().linked_memberships()
-    wanted = memberships_to_fetch(course_enrolments.enrolments, linked)
-    on_reports = int(course_enrolments.enrolments["membership_uuid"].nunique())
+) -> dg.MaterializeResult[pd.DataFrame]:
+    """Each organisation membership on tonight's reports that no Teach Computing user holds
+    yet, once however many runs it appears on: asked of the API when it was never looked up
+    or its lookup is due, else taken from the membership memory. Every answer (a 404
+    included) is remembered."""
+    repository = teachcomputing_db.repository()
+    plan = plan_membership_lookups(
+        course_enrolments.enrolments,
+        repository.linked_memberships(),
+        repository.membership_lookups(),
+        now=utcnow(),
+        refresh_days=partners_api.membership_refresh_days,
+    )
     client = partners_api.client
     with request_tally(client) as requests:
-        memberships = fetch_memberships(client, wanted)
-    status = memberships["fetch_status"].value_counts()
+        fetched = fetch_memberships(client, plan.to_fetch)
+    repository.record_lookups(fetched, context.run.run_id)
+    status = fetched["fetch_status"].value_counts()
     if status.get("failed", 0):
         context.log.warning(
             f"{status['failed']} membership(s) could not be fetched; they will be tried again next night"
         )
-    return dg.Output(
-        memberships,
+    memberships = pd.concat(
+        [fetched.assign(source="api"), plan.remembered.assign(source="memory")],
+        ignore_index=True,
+    ).sort_values("membership_uuid", ignore_index=True)
+    return dg.MaterializeResult(
+        value=memberships,
         metadata={
-            "memberships_on_reports": on_reports,
-            "memberships_already_linked": on_reports - len(wanted),
-            "memberships_to_fetch": len(wanted),
+            "memberships_on_reports": plan.on_reports,
+            "memberships_already_linked": plan.already_linked,
+            "memberships_to_fetch": len(plan.to_fetch),
+            "memberships_never_looked_up": plan.never_looked_up,
+            "memberships_from_memory": len(plan.remembered),
             "memberships_fetched": int(status.get("found", 0)),
             "memberships_not_found": int(status.get("not_found", 0)),
             "memberships_failed": int(status.get("failed", 0)),
@@ -53,7 +72,7 @@ def organisation_memberships(
         dg.AssetCheckSpec(
             "no_ambiguous_matches",
             asset="membership_links",
-            description="No external_learner_id is one user's id and another user's email.",
+            description="No external_learner_id names more than one user (by id and email, or two emails that fold alike).",
         )
     ],
 )
@@ -61,10 +80,12 @@ def membership_links(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
     organisation_memberships: pd.DataFrame,
-):
-    """Links each fetched membership to the Teach Computing user whose id or email is its
-    external_learner_id (id first; email exact, case-insensitive). Written in one transaction;
-    a membership already linked is never moved."""
+) -> dg.MaterializeResult:
+    """Links each fetched or remembered membership to the Teach Computing user whose id or email is its
+    external_learner_id (id first; then email, trimmed and case-folded; forgotten users never;
+    a value naming two users links nobody). The UUID is appended to the user's
+    future_learn_organisation_memberships with a link row, in one transaction; a membership
+    already linked is never moved."""
     repository = teachcomputing_db.repository()
     matches = match_memberships(organisation_memberships, repository.users())
     result = repository.link_memberships(matches.links, context.run.run_id)
@@ -82,25 +103,30 @@ def membership_links(
     ambiguous = matches.ambiguous.assign(
         external_learner_id=matches.ambiguous["external_learner_id"].map(mask_email)
     )
-    yield dg.MaterializeResult(
+    not_found = int((organisation_memberships["fetch_status"] == "not_found").sum())
+    return dg.MaterializeResult(
         metadata={
             "memberships_linked": result.created,
             "linked_by_id": int(by.get("id", 0)),
             "linked_by_email": int(by.get("email", 0)),
             "memberships_already_linked": result.already_linked,
-            "memberships_unmatched": len(matches.unmatched),
-            "memberships_not_found": int(
-                (organisation_memberships["fetch_status"] == "not_found").sum()
-            ),
-            "memberships_ambiguous": len(matches.ambiguous),
+            # The unmatched, by reason: their progress never reaches Teach Computing.
+            "unmatched_no_such_user": len(matches.unmatched),
+            "unmatched_ambiguous": len(matches.ambiguous),
+            "unmatched_membership_not_found": not_found,
             "memberships_linked_to_another_user": len(conflicts),
             "unmatched_preview": table(unmatched, limit=10),
             "conflicts": table(conflicts, limit=10),
-        }
-    )
-    yield dg.AssetCheckResult(
-        check_name="no_ambiguous_matches",
-        passed=matches.ambiguous.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"ambiguous": len(matches.ambiguous), "memberships": table(ambiguous, limit=10)},
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="no_ambiguous_matches",
+                passed=matches.ambiguous.empty,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "ambiguous": len(matches.ambiguous),
+                    "memberships": table(ambiguous, limit=10),
+                },
+            )
+        ],
     )

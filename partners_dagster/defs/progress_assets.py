@@ -1,17 +1,13 @@
 """Step 2 — turn each linked teacher's latest enrolment into achievement progress."""
 
-from collections import Counter
-from functools import partial
+import dataclasses
 
 import dagster as dg
-import pandas as pd
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..rules import ProgrammeEnrolment
-from ..steps.course_progress import plan_course_progress
+from ..sidekiq.resource import SidekiqResource
 from ..steps.course_reports import CourseEnrolments
 from ..steps.latest_enrolment import LatestEnrolmentSet, select_latest_enrolments
-from ..teachcomputing.models import utcnow
+from ..steps.progress_update import update_achievement_progress
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import GROUP
 from .metadata import table
@@ -20,7 +16,7 @@ from .metadata import table
 @dg.asset(group_name=GROUP, kinds={"python", "pandas"}, deps=["membership_links"])
 def latest_enrolments(
     teachcomputing_db: TeachComputingDatabaseResource, course_enrolments: CourseEnrolments
-) -> dg.Output[LatestEnrolmentSet]:
+) -> dg.MaterializeResult[LatestEnrolmentSet]:
     """For every linked teacher and every course Teach Computing knows, the enrolment that
     counts: the latest across all runs of the course and all the teacher's memberships
     (greatest activated_at, then higher ratio, then greater run UUID)."""
@@ -28,8 +24,8 @@ def latest_enrolments(
     links = repository.linked_memberships()
     result = select_latest_enrolments(course_enrolments, links, repository.catalogue().activities)
     latest = result.latest
-    return dg.Output(
-        result,
+    return dg.MaterializeResult(
+        value=result,
         metadata={
             "latest_enrolments": len(latest),
             "users": int(latest["user_id"].nunique()),
@@ -56,79 +52,48 @@ def latest_enrolments(
 def achievement_progress(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
+    sidekiq: SidekiqResource,
     latest_enrolments: LatestEnrolmentSet,
-):
+) -> dg.MaterializeResult:
     """Applies each latest enrolment to the teacher's achievement for that course: progress
-    (never down), state (enrolled, in progress, complete, dropped), a transition row per move,
-    and the follow-up jobs a completion queues. One transaction per course."""
-    repository = teachcomputing_db.repository()
-    catalogue = repository.catalogue()
-    activities = catalogue.activities.set_index("activity_id")
-    enrolments_by_user = _programme_enrolments(repository.current_programme_enrolments())
-    now = utcnow()
-    counts: Counter = Counter()
-    applied = 0
-    for activity_id, latest in latest_enrolments.latest.groupby("activity_id", sort=True):
-        plan = partial(
-            plan_course_progress,
-            latest,
-            credit=int(activities.at[activity_id, "credit"]),
-            programme_slugs=catalogue.programme_slugs,
-            dagster_run_id=context.run.run_id,
-            now=now,
-        )
-        try:
-            counts += repository.apply_course_progress(
-                activity_id,
-                latest,
-                programme_ids=catalogue.programme_ids_by_activity.get(activity_id, []),
-                programme_enrolments=enrolments_by_user,
-                plan=plan,
-                now=now,
-            )
-        except SQLAlchemyError as error:
-            raise RuntimeError(
-                f"database error on course {activities.at[activity_id, 'course_uuid']} "
-                f"({activities.at[activity_id, 'title']!r}); that course was rolled back, "
-                f"{applied} course(s) before it were applied: {error.__class__.__name__}: {error}"
-            ) from error
-        applied += 1
-    audit = repository.run_audit(context.run.run_id)
-    linked_users = int(repository.linked_memberships()["user_id"].nunique())
-    yield dg.MaterializeResult(
+    (never down), state (enrolled, in progress, complete, dropped) as statesman transitions,
+    and the follow-up jobs the website would queue, into the outbox. One transaction per
+    course; forgotten users and complete achievements are left alone."""
+    counts = update_achievement_progress(
+        teachcomputing_db.repository(),
+        latest_enrolments,
+        dagster_run_id=context.run.run_id,
+        globalid_app=sidekiq.globalid_app,
+    )
+    return dg.MaterializeResult(
         metadata={
-            "courses_applied": applied,
-            "courses_skipped": len(latest_enrolments.skipped_courses),
-            "achievements_created": counts["created"],
-            "achievements_progressed": counts["progressed"],
-            "achievements_completed": counts["moved_to_complete"],
-            "achievements_dropped": counts["moved_to_dropped"],
-            "achievements_back_to_enrolled": counts["moved_to_enrolled"],
-            "achievements_in_progress": counts["moved_to_in_progress"],
-            "achievements_unchanged": counts["unchanged"],
-            "skipped_because_complete": counts["skipped_complete"],
-            "pending_jobs_queued": counts["pending_jobs"],
-            "users_without_a_link": repository.user_count() - linked_users,
+            "courses_applied": counts.courses_applied,
+            "courses_skipped": counts.courses_skipped,
+            "achievements_created": counts.achievements_created,
+            "achievements_progressed": counts.achievements_progressed,
+            "achievements_completed": counts.moved_to_complete,
+            "achievements_dropped": counts.moved_to_dropped,
+            "achievements_back_to_enrolled": counts.moved_to_enrolled,
+            "achievements_in_progress": counts.moved_to_in_progress,
+            "achievements_unchanged": counts.unchanged,
+            "skipped_because_complete": counts.skipped_complete,
+            "skipped_because_forgotten": counts.skipped_forgotten,
+            "follow_up_jobs_queued": counts.follow_up_jobs,
             "skipped_courses": table(latest_enrolments.skipped_courses),
-        }
-    )
-    yield dg.AssetCheckResult(
-        check_name="progress_never_decreases",
-        passed=audit["transitions_from_complete"] == 0
-        and counts["progress_decreases"] == 0
-        and counts["complete_changed"] == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "transitions_from_complete": audit["transitions_from_complete"],
-            "progress_decreases": counts["progress_decreases"],
-            "complete_achievements_changed": counts["complete_changed"],
-            "transitions_in_run": audit["transitions"],
+            # The whole typed object, for tools that read it back (ProgressCounts(**value)).
+            "counts": dg.MetadataValue.json(dataclasses.asdict(counts)),
         },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="progress_never_decreases",
+                passed=counts.never_decreased,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "transitions_from_complete": counts.transitions_from_complete,
+                    "progress_decreases": counts.progress_decreases,
+                    "complete_achievements_changed": counts.complete_changed,
+                    "transitions_in_run": counts.transitions_in_run,
+                },
+            )
+        ],
     )
-
-
-def _programme_enrolments(frame: pd.DataFrame) -> dict[str, list[ProgrammeEnrolment]]:
-    enrolments: dict[str, list[ProgrammeEnrolment]] = {}
-    for user_id, programme_id, created_at in frame.itertuples(index=False):
-        enrolments.setdefault(user_id, []).append(ProgrammeEnrolment(programme_id, created_at))
-    return enrolments

@@ -8,6 +8,7 @@ from pydantic import Field, PrivateAttr
 from ..settings import (
     DEFAULT_CACHE_EXPIRY_SECONDS,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MEMBERSHIP_REFRESH_DAYS,
     ConfigurationError,
     parse_uuid_list,
 )
@@ -32,6 +33,11 @@ class PartnersApiResource(ConfigurableResource):
     )
     max_concurrency: int = Field(
         default=DEFAULT_MAX_CONCURRENCY, description="Concurrent API requests."
+    )
+    membership_refresh_days: float = Field(
+        default=DEFAULT_MEMBERSHIP_REFRESH_DAYS,
+        description="How often an unlinked membership already looked up is asked for again, "
+        "in days (FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS; 0 = every night).",
     )
     read_timeout_seconds: float = Field(default=60.0)
     max_attempts: int = Field(

@@ -17,6 +17,13 @@ import numpy as np
 import pandas as pd
 
 PROGRAMME_SLUGS = ("primary-certificate", "secondary-certificate", "cs-accelerator", "i-belong")
+# The website's single-table-inheritance classes (programmes.type); NULL is plain Programme.
+PROGRAMME_TYPES = (
+    "Programmes::PrimaryCertificate",
+    "Programmes::SecondaryCertificate",
+    "Programmes::CSAccelerator",
+    None,
+)
 
 # What a membership's external_learner_id holds, and how often.
 EXTERNAL_ID_KINDS = {
@@ -65,11 +72,14 @@ class SandboxDataset:
     # deactivated, activated_at / deactivated_at (epoch seconds, -1 for null), steps_completed_count,
     # steps_completed_ratio
     enrolments: pd.DataFrame
-    users: pd.DataFrame  # id, email, created_at
-    activities: pd.DataFrame  # id, title, future_learn_course_uuid, credit
-    programmes: pd.DataFrame  # id, slug, title
-    programme_activities: pd.DataFrame  # programme_id, activity_id
-    user_programme_enrolments: pd.DataFrame  # id, user_id, programme_id, created_at, unenrolled_at
+    users: pd.DataFrame  # id, email (may be None), forgotten, created_at
+    activities: pd.DataFrame  # id, title, future_learn_course_uuid, credit (float/None), category
+    programmes: pd.DataFrame  # id, slug, title, type
+    programme_activities: pd.DataFrame  # id, programme_id, activity_id
+    user_programme_enrolments: pd.DataFrame  # id, user_id, programme_id, created_at
+    # id-less statesman rows: user_programme_enrolment_id, to_state, sort_key, most_recent,
+    # created_at (e.g. the enrolments a teacher left, as `unenrolled`)
+    user_programme_enrolment_transitions: pd.DataFrame
     run_offsets: np.ndarray = field(init=False, repr=False)
     run_index: dict[str, int] = field(init=False, repr=False)
     membership_index: dict[str, int] = field(init=False, repr=False)
@@ -245,6 +255,7 @@ def generate(scale: str = "tiny", seed: int = 1) -> SandboxDataset:
             "id": programme_ids,
             "slug": PROGRAMME_SLUGS,
             "title": [s.replace("-", " ").title() for s in PROGRAMME_SLUGS],
+            "type": list(PROGRAMME_TYPES),
         }
     )
     known_idx = np.flatnonzero(known)
@@ -281,7 +292,25 @@ def generate(scale: str = "tiny", seed: int = 1) -> SandboxDataset:
     upe["id"] = _uuids(rng, len(upe))
     upe["created_at"] = pd.to_datetime(upe["created_at"], unit="s", utc=True)
     left = rng.random(len(upe)) < 0.08
-    upe["unenrolled_at"] = (upe["created_at"] + pd.Timedelta(days=30)).where(left)
+    upe_transitions = pd.DataFrame(
+        {
+            "user_programme_enrolment_id": upe.loc[left, "id"],
+            "to_state": "unenrolled",
+            "sort_key": 10,
+            "most_recent": True,
+            "created_at": upe.loc[left, "created_at"] + pd.Timedelta(days=30),
+        }
+    ).reset_index(drop=True)
+    # What the website has beside: users who asked to be forgotten and users without an
+    # email, among those who never used FutureLearn (so the expected links stay as above);
+    # activities' credits as nullable floats, and their categories.
+    extra = np.arange(len(user_ids), len(users))
+    users["forgotten"] = False
+    users.loc[extra[::4], "forgotten"] = True
+    users.loc[extra[1::4], "email"] = None
+    activities["credit"] = [None if c == 0 else float(c) for c in activities["credit"]]
+    activities["category"] = ["online" if i % 3 else None for i in range(len(activities))]
+    programme_activities["id"] = _uuids(rng, len(programme_activities))
 
     return SandboxDataset(
         scale=scale,
@@ -294,9 +323,8 @@ def generate(scale: str = "tiny", seed: int = 1) -> SandboxDataset:
         activities=activities,
         programmes=programmes,
         programme_activities=programme_activities,
-        user_programme_enrolments=upe[
-            ["id", "user_id", "programme_id", "created_at", "unenrolled_at"]
-        ],
+        user_programme_enrolments=upe[["id", "user_id", "programme_id", "created_at"]],
+        user_programme_enrolment_transitions=upe_transitions,
     )
 
 

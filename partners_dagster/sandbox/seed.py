@@ -1,4 +1,5 @@
-"""Load the Teach Computing side of a sandbox dataset into an empty database."""
+"""Load the Teach Computing side of a sandbox dataset into a database that has the website's
+tables (``partners-dagster db create-teachcomputing-tables``) and no users yet."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from ..teachcomputing.models import (
     ProgrammeActivity,
     User,
     UserProgrammeEnrolment,
+    UserProgrammeEnrolmentTransition,
+    utcnow,
 )
 from ..teachcomputing.repository import batches
 from .dataset import SandboxDataset
@@ -28,13 +31,28 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 def seed_from_dataset(engine: Engine, dataset: SandboxDataset) -> Counter:
-    """Insert users, programmes, activities, programme activities and programme enrolments."""
+    """Insert users, programmes, activities, programme activities, programme enrolments and
+    their transitions, with the timestamps the website's columns require."""
+    now = utcnow()
+    users = dataset.users.assign(updated_at=dataset.users["created_at"])
     tables = [
-        (User, dataset.users),
-        (Programme, dataset.programmes),
-        (Activity, dataset.activities),
-        (ProgrammeActivity, dataset.programme_activities),
-        (UserProgrammeEnrolment, dataset.user_programme_enrolments),
+        (User, users),
+        (Programme, dataset.programmes.assign(created_at=now, updated_at=now)),
+        (Activity, dataset.activities.assign(created_at=now, updated_at=now)),
+        (ProgrammeActivity, dataset.programme_activities.assign(created_at=now, updated_at=now)),
+        (
+            UserProgrammeEnrolment,
+            dataset.user_programme_enrolments.assign(
+                updated_at=dataset.user_programme_enrolments["created_at"]
+            ),
+        ),
+        (
+            UserProgrammeEnrolmentTransition,
+            dataset.user_programme_enrolment_transitions.assign(
+                updated_at=dataset.user_programme_enrolment_transitions["created_at"],
+                metadata=[{}] * len(dataset.user_programme_enrolment_transitions),
+            ),
+        ),
     ]
     counts: Counter = Counter()
     with engine.begin() as connection:
@@ -44,6 +62,10 @@ def seed_from_dataset(engine: Engine, dataset: SandboxDataset) -> Counter:
             )
         for model, frame in tables:
             rows = _records(frame)
+            for row in rows:
+                for key, value in row.items():
+                    if isinstance(value, pd.Timestamp):
+                        row[key] = value.to_pydatetime()
             for chunk in batches(rows):
                 connection.execute(model.__table__.insert(), list(chunk))
             counts[model.__tablename__] = len(rows)

@@ -1,89 +1,148 @@
 """Step 2's second half, pure (no Dagster, no I/O): the plan of one course's achievement
-updates, from the latest enrolments and the stored achievements."""
+updates, from the latest enrolments and what is stored for the course now."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
-from ..rules import FollowUpJob, State, follow_up_jobs, next_achievement, transition_metadata
+from ..rules import (
+    FollowUpJob,
+    Programme,
+    State,
+    auto_enrol_job,
+    completion_jobs,
+    next_achievement,
+    transition_metadata,
+)
+
+
+@dataclass(frozen=True)
+class CourseFacts:
+    """What the plan of one course needs to know besides the achievements."""
+
+    activity_id: str
+    credit: float | None  # as stored (the website's column is a nullable float)
+    category: str | None
+    programmes: Mapping[str, Programme]  # every programme, by id
+    users_with_csa_enrolment: Collection[str]  # any state, for csa_auto_enrollable?
+    globalid_app: str
+    dagster_run_id: str
+    now: datetime
 
 
 @dataclass
 class CoursePlan:
-    updates: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # id, progress, current_state, updated_at
-    transitions: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # id, progress, updated_at
+    transitions: list[dict[str, Any]] = field(default_factory=list)  # statesman rows
     jobs: list[FollowUpJob] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
 
+    def job_rows(self, dagster_run_id: str, now: datetime) -> list[dict[str, Any]]:
+        """The outbox rows of the plan's follow-up jobs."""
+        return [
+            {
+                "job_class": job.job_class,
+                "queue": job.queue,
+                "arguments": job.arguments,
+                "run_at": job.run_at,
+                "dedup_key": job.dedup_key,
+                "achievement_id": job.achievement_id,
+                "user_id": job.user_id,
+                "created_at": now,
+                "dagster_run_id": dagster_run_id,
+            }
+            for job in self.jobs
+        ]
+
 
 def plan_course_progress(
-    latest: pd.DataFrame,
-    achievements: pd.DataFrame,
-    last_sort_keys: Mapping[str, int],
-    *,
-    credit: int,
-    programme_slugs: Mapping[str, str],
-    dagster_run_id: str,
-    now: datetime,
+    latest: pd.DataFrame, stored: pd.DataFrame, facts: CourseFacts, created: Collection[str] = ()
 ) -> CoursePlan:
     """``latest``: one row per user (user_id, run_uuid, membership_uuid, deactivated_at,
-    progress). ``achievements``: the stored rows of this course for those users (id,
-    user_id, progress, current_state, programme_id); every user has one by now."""
+    progress). ``stored``: the course's achievements (id, user_id, progress, programme_id,
+    state, last_sort_key); every user in ``latest`` has one by now. ``created``: the ids
+    of the achievements created in this transaction."""
     plan = CoursePlan()
-    rows = latest.merge(achievements, on="user_id", how="inner", suffixes=("_new", ""))
+    now = facts.now
+    created = set(created)
+    rows = latest.merge(stored, on="user_id", how="inner", suffixes=("_new", ""))
     for row in rows.itertuples(index=False):
-        if row.current_state == State.COMPLETE:  # never changed again
+        if row.state == State.COMPLETE:  # never changed again, whoever completed it
             plan.counts["skipped_complete"] += 1
             continue
         deactivated_at = None if pd.isna(row.deactivated_at) else row.deactivated_at
         outcome = next_achievement(
-            row.progress, row.current_state, row.progress_new, deactivated_at is not None
+            int(row.progress), row.state, int(row.progress_new), deactivated_at is not None
         )
-        if outcome.progress == row.progress and not outcome.moved:
+        changed = outcome.progress != row.progress or outcome.moved
+        programme = facts.programmes.get(row.programme_id) if row.programme_id else None
+        if changed or row.id in created:
+            job = auto_enrol_job(
+                programme=programme,
+                achievement_id=row.id,
+                user_id=row.user_id,
+                has_csa_enrolment=row.user_id in facts.users_with_csa_enrolment,
+                now=now,
+            )
+            if job is not None:
+                plan.jobs.append(job)
+        if not changed:
             plan.counts["unchanged"] += 1
             continue
         if outcome.progress > row.progress:
             plan.counts["progressed"] += 1
-        plan.updates.append(
-            {
-                "id": row.id,
-                "progress": outcome.progress,
-                "current_state": str(outcome.state),
-                "updated_at": now,
-            }
-        )
+        plan.updates.append({"id": row.id, "progress": outcome.progress, "updated_at": now})
         if not outcome.moved:
             continue
         plan.counts[f"moved_to_{outcome.state}"] += 1
         plan.transitions.append(
             {
                 "achievement_id": row.id,
-                "from_state": str(outcome.moved_from),
                 "to_state": str(outcome.state),
-                "sort_key": last_sort_keys.get(row.id, 0) + 10,
+                "sort_key": int(row.last_sort_key) + 10,
                 "most_recent": True,
                 "metadata": transition_metadata(
                     outcome.state,
-                    dagster_run_id=dagster_run_id,
+                    dagster_run_id=facts.dagster_run_id,
                     run_uuid=row.run_uuid,
                     membership_uuid=row.membership_uuid,
-                    credit=credit,
+                    credit=facts.credit,
                     left_at=deactivated_at,
                 ),
                 "created_at": now,
+                "updated_at": now,
             }
         )
         if outcome.state is State.COMPLETE:
-            slug = (
-                programme_slugs.get(row.programme_id) if isinstance(row.programme_id, str) else None
+            plan.jobs.extend(
+                completion_jobs(
+                    programme=programme,
+                    category=facts.category,
+                    user_id=row.user_id,
+                    activity_id=facts.activity_id,
+                    achievement_id=row.id,
+                    now=now,
+                    globalid_app=facts.globalid_app,
+                )
             )
-            plan.jobs.extend(follow_up_jobs(slug, row.user_id, row.id, now))
     return plan
+
+
+def plan_violations(stored: pd.DataFrame, plan: CoursePlan) -> Counter:
+    """Checked against the stored rows, not the planner's own view: progress never goes down
+    and a complete achievement never changes."""
+    if not plan.updates:
+        return Counter(progress_decreases=0, complete_changed=0)
+    updates = pd.DataFrame(plan.updates, columns=["id", "progress"]).merge(
+        stored[["id", "progress", "state"]], on="id", how="left", suffixes=("", "_stored")
+    )
+    return Counter(
+        progress_decreases=int((updates["progress"] < updates["progress_stored"]).sum()),
+        complete_changed=int((updates["state"] == "complete").sum()),
+    )

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..partners_api import CourseRun, EnrolmentReport, PartnersApiClient, PartnersApiError, Rejection
+from ..partners_api import (
+    CourseRun,
+    EnrolmentReport,
+    PartnersApiClient,
+    PartnersApiError,
+    Rejection,
+)
 
 RUN_COLUMNS = ["run_uuid", "course_uuid", "title", "start_time", "weeks_count", "full_code", "code"]
 ENROLMENT_COLUMNS = [

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import pandas as pd
 
 from ..partners_api import NotFoundError, PartnersApiClient, PartnersApiError
-from ..rules import match_user, normalise_email
+from ..rules import lookup_due_at, match_user, user_ids_by_email
 
 MEMBERSHIP_COLUMNS = [
     "membership_uuid",
@@ -18,10 +19,56 @@ MEMBERSHIP_COLUMNS = [
 ]
 
 
-def memberships_to_fetch(enrolments: pd.DataFrame, linked: pd.DataFrame) -> list[str]:
-    """Each membership on any report that no user is linked to, once however many runs it is on."""
-    seen = pd.unique(enrolments["membership_uuid"].to_numpy())
-    return sorted(set(seen) - set(linked["membership_uuid"]))
+@dataclass(frozen=True)
+class LookupPlan:
+    """Tonight's unlinked memberships: those to ask the API about, and the rest answered
+    from the membership memory (what the API said last time)."""
+
+    on_reports: int
+    already_linked: int
+    to_fetch: list[str]  # never looked up, or their lookup is due
+    remembered: pd.DataFrame  # MEMBERSHIP_COLUMNS, from partners_dagster_membership_lookups
+    never_looked_up: int
+
+
+def plan_membership_lookups(
+    enrolments: pd.DataFrame,
+    linked: pd.DataFrame,
+    lookups: pd.DataFrame,
+    *,
+    now: datetime,
+    refresh_days: float,
+) -> LookupPlan:
+    """Each membership on any report that no user holds, once however many runs it is on:
+    fetched when it was never looked up or its lookup is due (``lookup_due_at``), else taken
+    from ``lookups`` (membership_uuid, status, learner_uuid, external_learner_id,
+    fetched_at), to be matched again against the users as they are now."""
+    seen = set(pd.unique(enrolments["membership_uuid"].to_numpy()))
+    unlinked = seen - set(linked["membership_uuid"])
+    known = lookups[lookups["membership_uuid"].isin(unlinked)]
+    due = [
+        m
+        for m, fetched_at in zip(known["membership_uuid"], known["fetched_at"], strict=True)
+        if lookup_due_at(m, fetched_at, refresh_days) <= now
+    ]
+    remembered = known[~known["membership_uuid"].isin(due)]
+    never = unlinked - set(known["membership_uuid"])
+    return LookupPlan(
+        on_reports=len(seen),
+        already_linked=len(seen) - len(unlinked),
+        to_fetch=sorted(never | set(due)),
+        remembered=pd.DataFrame(
+            {
+                "membership_uuid": remembered["membership_uuid"],
+                "learner_uuid": remembered["learner_uuid"],
+                "external_learner_id": remembered["external_learner_id"],
+                "fetch_status": remembered["status"],
+                "error": None,
+            },
+            columns=MEMBERSHIP_COLUMNS,
+        ).reset_index(drop=True),
+        never_looked_up=len(never),
+    )
 
 
 def fetch_memberships(client: PartnersApiClient, membership_uuids: list[str]) -> pd.DataFrame:
@@ -49,9 +96,13 @@ class MembershipMatches:
 
 
 def match_memberships(memberships: pd.DataFrame, users: pd.DataFrame) -> MembershipMatches:
+    """Match each found membership to the user its ``external_learner_id`` names (DESIGN.md,
+    "Memberships"). ``users``: id, email (may be null), forgotten. Forgotten users are never
+    matched; users without an email only by id; a value naming two users is ambiguous."""
     found = memberships[memberships["fetch_status"] == "found"]
-    user_ids = set(users["id"])
-    by_email = dict(zip(users["email"].map(normalise_email), users["id"], strict=True))
+    matchable = users[~users["forgotten"].astype(bool)]
+    user_ids = set(matchable["id"])
+    by_email = user_ids_by_email(matchable["id"], matchable["email"])
     links, unmatched, ambiguous = [], [], []
     for membership_uuid, external_id in zip(
         found["membership_uuid"], found["external_learner_id"], strict=True

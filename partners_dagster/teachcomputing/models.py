@@ -1,7 +1,14 @@
-"""SQLAlchemy models of the Teach Computing tables this pipeline reads and writes.
+"""SQLAlchemy models of the tables the jobs read and write (DESIGN.md, "Database").
 
-The schema is a contract (DESIGN.md, "Database"); Alembic migrations own it and a
-test checks that these models and the migrations agree on SQLite and PostgreSQL.
+Two sets, kept apart on purpose:
+
+- ``WEBSITE``: the Teach Computing website's own tables. The Rails app owns them; this
+  project maps only the columns its jobs use, named and typed as the website's
+  ``db/schema.rb`` has them, and never migrates them. ``partners-dagster db
+  create-teachcomputing-tables`` creates them in an empty database (the embedded
+  default, the demo, tests, the benchmark).
+- ``OWN``: this project's bookkeeping, prefixed ``partners_dagster_``, owned by Alembic
+  (version table ``partners_dagster_alembic_version``).
 """
 
 from __future__ import annotations
@@ -11,31 +18,41 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     Boolean,
-    CheckConstraint,
-    ForeignKey,
+    Double,
     Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
-    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .types import BigIntegerKey, JSONDocument, UTCDateTime, UUIDText
+from .types import (
+    BigIntegerKey,
+    JSONDocument,
+    RailsTimestamp,
+    TextArray,
+    UTCDateTime,
+    UUIDText,
+)
 
+# Rails's index names: index_<table>_on_<columns>.
 NAMING_CONVENTION = {
+    "ix": "index_%(table_name)s_on_%(column_0_N_name)s",
+    "uq": "index_%(table_name)s_on_%(column_0_N_name)s",
+    "pk": "%(table_name)s_pkey",
+}
+OWN_NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
 
 
-def _new_uuid() -> str:
+def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
@@ -43,143 +60,208 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Base(DeclarativeBase):
+class WebsiteBase(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class User(Base):
+class OwnBase(DeclarativeBase):
+    metadata = MetaData(naming_convention=OWN_NAMING_CONVENTION)
+
+
+WEBSITE = WebsiteBase.metadata
+OWN = OwnBase.metadata
+
+
+# -- the website's tables --------------------------------------------------------------------
+
+
+class User(WebsiteBase):
     __tablename__ = "users"
 
-    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=_new_uuid)
-    email: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-
-
-# Emails are unique whatever their letter case.
-Index("uq_users_lower_email", func.lower(User.email), unique=True)
-
-
-class FutureLearnOrganisationMembership(Base):
-    """A FutureLearn organisation membership linked to a Teach Computing user."""
-
-    __tablename__ = "future_learn_organisation_memberships"
-
-    uuid: Mapped[str] = mapped_column(UUIDText, primary_key=True)
-    user_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=new_uuid)
+    email: Mapped[str | None] = mapped_column(String)
+    # The memberships linked to this user: lowercase UUIDs with dashes.
+    future_learn_organisation_memberships: Mapped[list[str]] = mapped_column(
+        TextArray, nullable=False, default=list, server_default=text("'{}'")
     )
-    linked_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    dagster_run_id: Mapped[str | None] = mapped_column(Text)
+    forgotten: Mapped[bool | None] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
-class Programme(Base):
-    __tablename__ = "programmes"
-
-    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=_new_uuid)
-    slug: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
-    title: Mapped[str] = mapped_column(Text, nullable=False)
-
-
-class Activity(Base):
+class Activity(WebsiteBase):
     __tablename__ = "activities"
 
-    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=_new_uuid)
-    title: Mapped[str] = mapped_column(Text, nullable=False)
-    future_learn_course_uuid: Mapped[str | None] = mapped_column(UUIDText, unique=True)
-    credit: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=new_uuid)
+    title: Mapped[str | None] = mapped_column(String)
+    credit: Mapped[float | None] = mapped_column(Double)
+    category: Mapped[str | None] = mapped_column(String)
+    future_learn_course_uuid: Mapped[str | None] = mapped_column(String, unique=True)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
-class ProgrammeActivity(Base):
+class Programme(WebsiteBase):
+    __tablename__ = "programmes"
+
+    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=new_uuid)
+    slug: Mapped[str] = mapped_column(String, unique=True)
+    title: Mapped[str | None] = mapped_column(String)
+    # Rails single-table inheritance: e.g. Programmes::PrimaryCertificate, or NULL (Programme).
+    type: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+
+
+class ProgrammeActivity(WebsiteBase):
     __tablename__ = "programme_activities"
 
-    programme_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("programmes.id", ondelete="CASCADE"), primary_key=True
-    )
-    activity_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("activities.id", ondelete="CASCADE"), primary_key=True
-    )
+    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=new_uuid)
+    programme_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    activity_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
-class UserProgrammeEnrolment(Base):
+class UserProgrammeEnrolment(WebsiteBase):
     __tablename__ = "user_programme_enrolments"
+    __table_args__ = (UniqueConstraint("programme_id", "user_id"),)
 
-    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=_new_uuid)
-    user_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
-    )
-    programme_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("programmes.id", ondelete="CASCADE"), nullable=False
-    )
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    unenrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=new_uuid)
+    user_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    programme_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
-class Achievement(Base):
-    __tablename__ = "achievements"
+class UserProgrammeEnrolmentTransition(WebsiteBase):
+    __tablename__ = "user_programme_enrolment_transitions"
     __table_args__ = (
-        UniqueConstraint("user_id", "activity_id"),
-        CheckConstraint("progress >= 0 AND progress <= 100", name="progress_percent"),
-        CheckConstraint(
-            "current_state IN ('enrolled', 'in_progress', 'complete', 'dropped')",
-            name="known_state",
-        ),
-    )
-
-    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=_new_uuid)
-    user_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("users.id", ondelete="CASCADE"), nullable=False
-    )
-    activity_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("activities.id", ondelete="CASCADE"), nullable=False, index=True
-    )
-    programme_id: Mapped[str | None] = mapped_column(
-        UUIDText, ForeignKey("programmes.id", ondelete="SET NULL")
-    )
-    progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
-    current_state: Mapped[str] = mapped_column(
-        Text, nullable=False, default="enrolled", server_default="enrolled"
-    )
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-
-
-class AchievementTransition(Base):
-    __tablename__ = "achievement_transitions"
-    __table_args__ = (
-        # One most-recent transition per achievement (statesman's invariant).
+        UniqueConstraint("user_programme_enrolment_id", "sort_key"),
         Index(
-            "uq_achievement_transitions_most_recent",
-            "achievement_id",
+            "index_user_programme_enrolment_transitions_parent_most_recent",
+            "user_programme_enrolment_id",
+            "most_recent",
             unique=True,
             postgresql_where=text("most_recent"),
             sqlite_where=text("most_recent"),
         ),
-        UniqueConstraint("achievement_id", "sort_key"),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
-    achievement_id: Mapped[str] = mapped_column(
-        UUIDText, ForeignKey("achievements.id", ondelete="CASCADE"), nullable=False
+    to_state: Mapped[str] = mapped_column(String, nullable=False)
+    transition_metadata: Mapped[dict | None] = mapped_column(
+        "metadata", JSONDocument, default=dict, server_default=text("'{}'")
     )
-    from_state: Mapped[str | None] = mapped_column(Text)
-    to_state: Mapped[str] = mapped_column(Text, nullable=False)
     sort_key: Mapped[int] = mapped_column(Integer, nullable=False)
-    most_recent: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    # `metadata` is reserved on declarative models; the column keeps its contract name.
-    transition_metadata: Mapped[dict] = mapped_column(
-        "metadata", JSONDocument, nullable=False, default=dict
+    user_programme_enrolment_id: Mapped[str] = mapped_column(UUIDText, nullable=False)
+    most_recent: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+
+
+class Achievement(WebsiteBase):
+    __tablename__ = "achievements"
+    __table_args__ = (UniqueConstraint("activity_id", "user_id"),)
+
+    id: Mapped[str] = mapped_column(UUIDText, primary_key=True, default=new_uuid)
+    user_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    activity_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    programme_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    progress: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
     )
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
-class PendingJob(Base):
-    """The outbox the website's job runner consumes."""
-
-    __tablename__ = "pending_jobs"
+class AchievementTransition(WebsiteBase):
+    __tablename__ = "achievement_transitions"
+    __table_args__ = (
+        UniqueConstraint("achievement_id", "sort_key"),
+        # statesman's invariant: one most recent transition per achievement.
+        Index(
+            "index_achievement_transitions_parent_most_recent",
+            "achievement_id",
+            "most_recent",
+            unique=True,
+            postgresql_where=text("most_recent"),
+            sqlite_where=text("most_recent"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
-    job_class: Mapped[str] = mapped_column(Text, nullable=False)
-    arguments: Mapped[dict] = mapped_column(JSONDocument, nullable=False)
+    to_state: Mapped[str] = mapped_column(String, nullable=False)
+    # `metadata` is reserved on declarative models; the column keeps its contract name.
+    transition_metadata: Mapped[dict | None] = mapped_column(
+        "metadata", JSONDocument, default=dict, server_default=text("'{}'")
+    )
+    sort_key: Mapped[int] = mapped_column(Integer, nullable=False)
+    achievement_id: Mapped[str] = mapped_column(UUIDText, nullable=False)
+    most_recent: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+
+
+# -- this project's tables -------------------------------------------------------------------
+
+
+class MembershipLink(OwnBase):
+    """Which night linked which membership to which user, and how."""
+
+    __tablename__ = "partners_dagster_membership_links"
+
+    membership_uuid: Mapped[str] = mapped_column(UUIDText, primary_key=True)
+    user_id: Mapped[str] = mapped_column(UUIDText, nullable=False, index=True)
+    matched_by: Mapped[str] = mapped_column(String(16), nullable=False)  # id or email
+    linked_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class MembershipLookup(OwnBase):
+    """What the API last said about a membership (a 404 included)."""
+
+    __tablename__ = "partners_dagster_membership_lookups"
+
+    membership_uuid: Mapped[str] = mapped_column(UUIDText, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # found or not_found
+    learner_uuid: Mapped[str | None] = mapped_column(UUIDText)
+    external_learner_id: Mapped[str | None] = mapped_column(Text)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    # When a night first looked this membership up (for support staff's list of the unmatched).
+    first_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class OutboxJob(OwnBase):
+    """A follow-up job for the website's Sidekiq, written with the change that causes it."""
+
+    __tablename__ = "partners_dagster_outbox"
+
+    id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
+    job_class: Mapped[str] = mapped_column(String(128), nullable=False)
+    queue: Mapped[str] = mapped_column(String(64), nullable=False, default="default")
+    # ActiveJob's serialized arguments, as `perform_later` would have written them.
+    arguments: Mapped[list] = mapped_column(JSONDocument, nullable=False)
     run_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     dedup_key: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    achievement_id: Mapped[str | None] = mapped_column(UUIDText, index=True)
+    user_id: Mapped[str | None] = mapped_column(UUIDText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    jid: Mapped[str | None] = mapped_column(String(32))
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+WEBSITE_MODELS = (
+    User,
+    Activity,
+    Programme,
+    ProgrammeActivity,
+    UserProgrammeEnrolment,
+    UserProgrammeEnrolmentTransition,
+    Achievement,
+    AchievementTransition,
+)

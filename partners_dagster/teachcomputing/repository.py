@@ -1,39 +1,49 @@
-"""Every read and write of the Teach Computing database the pipeline makes.
+"""Every read and write of the Teach Computing database the jobs make.
 
-Set-based statements only (no query per row), one transaction per unit of work, and
-idempotent writes: a unit run twice changes nothing the second time.
+The website's tables are written as the website writes them (DESIGN.md, "Database"):
+links in ``users.future_learn_organisation_memberships``, achievement state as
+statesman transitions. Set-based statements only (no query per row), one transaction per
+unit of work, and idempotent writes: a unit run twice changes nothing the second time.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 
-from ..rules import ProgrammeEnrolment, programme_for_new_achievement
-from ..steps.course_progress import CoursePlan
 from .engine import read_only
 from .models import (
     Achievement,
     AchievementTransition,
     Activity,
-    FutureLearnOrganisationMembership,
-    PendingJob,
+    MembershipLink,
+    MembershipLookup,
+    OutboxJob,
     Programme,
     ProgrammeActivity,
     User,
     UserProgrammeEnrolment,
+    UserProgrammeEnrolmentTransition,
     utcnow,
 )
+from .types import canonical_uuid_text
 
 # Rows per INSERT/UPDATE batch: well under SQLite's bound-parameter limit.
 BATCH = 2_000
+ENROLLED = "enrolled"
+
+
+def batches(rows: Sequence, size: int = BATCH) -> Iterable[Sequence]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -49,19 +59,14 @@ class LinkResult:
 class CourseCatalogue:
     """What the database knows about the courses: activities, credits and programmes."""
 
-    activities: pd.DataFrame  # activity_id, course_uuid, title, credit
+    activities: pd.DataFrame  # activity_id, course_uuid, title, credit, category
     programme_ids_by_activity: dict[str, list[str]]
-    programme_slugs: dict[str, str]  # programme id -> slug
+    programmes: pd.DataFrame  # id, slug, type
 
 
 def _insert(connection: Connection, table):
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
-
-
-def batches(rows: Sequence, size: int = BATCH) -> Iterable[Sequence]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
 
 
 class TeachComputingRepository:
@@ -78,256 +83,469 @@ class TeachComputingRepository:
     def catalogue(self) -> CourseCatalogue:
         activities = self._frame(
             select(
-                Activity.id, Activity.future_learn_course_uuid, Activity.title, Activity.credit
+                Activity.id,
+                Activity.future_learn_course_uuid,
+                Activity.title,
+                Activity.credit,
+                Activity.category,
             ).where(Activity.future_learn_course_uuid.is_not(None)),
-            ["activity_id", "course_uuid", "title", "credit"],
+            ["activity_id", "course_uuid", "title", "credit", "category"],
         )
+        # The website stores the course UUID as varchar: compare canonical lowercase UUIDs.
+        activities["course_uuid"] = activities["course_uuid"].map(canonical_uuid_text)
         links = self._frame(
-            select(ProgrammeActivity.activity_id, ProgrammeActivity.programme_id),
+            select(ProgrammeActivity.activity_id, ProgrammeActivity.programme_id).where(
+                ProgrammeActivity.activity_id.is_not(None),
+                ProgrammeActivity.programme_id.is_not(None),
+            ),
             ["activity_id", "programme_id"],
         )
-        programmes = self._frame(select(Programme.id, Programme.slug), ["id", "slug"])
+        programmes = self._frame(
+            select(Programme.id, Programme.slug, Programme.type), ["id", "slug", "type"]
+        )
         return CourseCatalogue(
             activities=activities,
-            programme_ids_by_activity=links.groupby("activity_id")["programme_id"]
-            .agg(list)
-            .to_dict(),
-            programme_slugs=dict(zip(programmes["id"], programmes["slug"], strict=True)),
+            programme_ids_by_activity={
+                a: sorted(set(p)) for a, p in links.groupby("activity_id")["programme_id"]
+            },
+            programmes=programmes,
         )
 
     def linked_memberships(self) -> pd.DataFrame:
-        """membership_uuid, user_id of every linked membership."""
-        return self._frame(
-            select(
-                FutureLearnOrganisationMembership.uuid, FutureLearnOrganisationMembership.user_id
-            ),
-            ["membership_uuid", "user_id"],
+        """membership_uuid, user_id for every membership in some user's
+        ``future_learn_organisation_memberships``, whoever put it there."""
+        with read_only(self.engine) as connection:
+            if connection.dialect.name == "postgresql":
+                statement = text(
+                    "SELECT unnest(future_learn_organisation_memberships), id FROM users"
+                )
+            else:
+                statement = text(
+                    "SELECT m.value, users.id FROM users, "
+                    "json_each(users.future_learn_organisation_memberships) AS m"
+                )
+            rows = connection.execute(statement).all()
+        frame = pd.DataFrame(rows, columns=["membership_uuid", "user_id"], dtype=object)
+        frame["membership_uuid"] = frame["membership_uuid"].map(
+            lambda v: canonical_uuid_text(str(v))
         )
+        frame["user_id"] = frame["user_id"].map(lambda v: canonical_uuid_text(str(v)))
+        return frame.drop_duplicates("membership_uuid", ignore_index=True)
 
     def users(self) -> pd.DataFrame:
-        return self._frame(select(User.id, User.email), ["id", "email"])
+        """id, email (may be null), forgotten (bool) of every user."""
+        frame = self._frame(
+            select(User.id, User.email, func.coalesce(User.forgotten, False)),
+            ["id", "email", "forgotten"],
+        )
+        frame["forgotten"] = frame["forgotten"].astype(bool)
+        return frame
+
+    def forgotten_user_ids(self) -> set[str]:
+        with read_only(self.engine) as connection:
+            return set(connection.scalars(select(User.id).where(User.forgotten.is_(True))))
 
     def user_count(self) -> int:
         with read_only(self.engine) as connection:
             return connection.execute(select(func.count()).select_from(User)).scalar_one()
 
-    def current_programme_enrolments(self) -> pd.DataFrame:
+    def programme_enrolments(self) -> pd.DataFrame:
+        """user_id, programme_id, created_at, state: each programme enrolment, its state the
+        ``to_state`` of its most recent transition (``enrolled`` when it has none)."""
+        t = UserProgrammeEnrolmentTransition
         return self._frame(
             select(
                 UserProgrammeEnrolment.user_id,
                 UserProgrammeEnrolment.programme_id,
                 UserProgrammeEnrolment.created_at,
-            ).where(UserProgrammeEnrolment.unenrolled_at.is_(None)),
-            ["user_id", "programme_id", "created_at"],
+                func.coalesce(t.to_state, ENROLLED),
+            )
+            .outerjoin(
+                t,
+                and_(t.user_programme_enrolment_id == UserProgrammeEnrolment.id, t.most_recent),
+            )
+            .where(
+                UserProgrammeEnrolment.user_id.is_not(None),
+                UserProgrammeEnrolment.programme_id.is_not(None),
+            ),
+            ["user_id", "programme_id", "created_at", "state"],
         )
 
     # -- step 1: links ---------------------------------------------------------------------
 
     def link_memberships(self, links: pd.DataFrame, dagster_run_id: str) -> LinkResult:
-        """Link each ``membership_uuid`` to its ``user_id`` in one transaction.
+        """Link each ``membership_uuid`` to its ``user_id`` (``matched_by`` says how), in one
+        transaction: a ``partners_dagster_membership_links`` row, and the UUID appended to
+        the user's ``future_learn_organisation_memberships``.
 
-        Idempotent; a membership already linked (to anyone) is never moved, and one linked
-        to a different user than we matched is reported as a conflict.
+        The link row's primary key decides between two nights running at once: only the
+        transaction whose row went in appends, so a membership never lands in two arrays
+        or twice in one, and no table lock is taken on ``users``. A membership already
+        linked is never moved; one a concurrent run linked to another user is reported.
         """
         if links.empty:
             return LinkResult(0, 0)
-        table = FutureLearnOrganisationMembership.__table__
         now = utcnow()
         rows = [
-            {"uuid": m, "user_id": u, "linked_at": now, "dagster_run_id": dagster_run_id}
-            for m, u in zip(links["membership_uuid"], links["user_id"], strict=True)
+            {
+                "membership_uuid": m,
+                "user_id": u,
+                "matched_by": how,
+                "linked_at": now,
+                "dagster_run_id": dagster_run_id,
+            }
+            for m, u, how in zip(
+                links["membership_uuid"], links["user_id"], links["matched_by"], strict=True
+            )
         ]
-        created = 0
+        table = MembershipLink.__table__
+        won: list[str] = []
         with self.engine.begin() as connection:
             for chunk in batches(rows):
                 statement = _insert(connection, table).on_conflict_do_nothing(
-                    index_elements=["uuid"]
+                    index_elements=["membership_uuid"]
                 )
-                created += len(
-                    connection.execute(statement.returning(table.c.uuid), list(chunk)).all()
-                )
-            stored = self._stored_links(connection, [r["uuid"] for r in rows])
+                won += connection.scalars(
+                    statement.returning(table.c.membership_uuid), list(chunk)
+                ).all()
+            won_set = set(won)
+            appended = [r for r in rows if r["membership_uuid"] in won_set]
+            _append_memberships(connection, appended, now)
+            stored = _stored_links(connection, [r["membership_uuid"] for r in rows])
         conflicts = [
             {
-                "membership_uuid": r["uuid"],
-                "linked_user_id": stored[r["uuid"]],
+                "membership_uuid": r["membership_uuid"],
+                "linked_user_id": stored[r["membership_uuid"]],
                 "matched_user_id": r["user_id"],
             }
             for r in rows
-            if stored.get(r["uuid"]) not in (None, r["user_id"])
+            if r["membership_uuid"] not in won_set
+            and stored.get(r["membership_uuid"]) not in (None, r["user_id"])
         ]
         return LinkResult(
-            created=created,
-            already_linked=len(rows) - created - len(conflicts),
+            created=len(won_set),
+            already_linked=len(rows) - len(won_set) - len(conflicts),
             conflicts=conflicts,
         )
 
-    @staticmethod
-    def _stored_links(connection: Connection, membership_uuids: list[str]) -> dict[str, str]:
-        table = FutureLearnOrganisationMembership.__table__
-        stored: dict[str, str] = {}
-        for chunk in batches(membership_uuids):
-            stored.update(
-                connection.execute(
-                    select(table.c.uuid, table.c.user_id).where(table.c.uuid.in_(chunk))
-                ).all()
+    # -- membership lookups ------------------------------------------------------------------
+
+    def membership_lookups(self) -> pd.DataFrame:
+        """What the API last said about each membership looked up."""
+        return self._frame(
+            select(
+                MembershipLookup.membership_uuid,
+                MembershipLookup.status,
+                MembershipLookup.learner_uuid,
+                MembershipLookup.external_learner_id,
+                MembershipLookup.fetched_at,
+                MembershipLookup.first_fetched_at,
+            ),
+            [
+                "membership_uuid",
+                "status",
+                "learner_uuid",
+                "external_learner_id",
+                "fetched_at",
+                "first_fetched_at",
+            ],
+        )
+
+    def record_lookups(self, lookups: pd.DataFrame, dagster_run_id: str) -> int:
+        """Remember each API answer (found or not_found); failed lookups are not answers."""
+        answered = lookups[lookups["fetch_status"].isin(["found", "not_found"])]
+        if answered.empty:
+            return 0
+        now = utcnow()
+        rows = [
+            {
+                "membership_uuid": m,
+                "status": status,
+                "learner_uuid": learner if isinstance(learner, str) else None,
+                "external_learner_id": external if isinstance(external, str) else None,
+                "fetched_at": now,
+                "first_fetched_at": now,
+                "dagster_run_id": dagster_run_id,
+            }
+            for m, status, learner, external in zip(
+                answered["membership_uuid"],
+                answered["fetch_status"],
+                answered["learner_uuid"],
+                answered["external_learner_id"],
+                strict=True,
             )
-        return stored
+        ]
+        table = MembershipLookup.__table__
+        with self.engine.begin() as connection:
+            for chunk in batches(rows):
+                statement = _insert(connection, table)
+                statement = statement.on_conflict_do_update(
+                    index_elements=["membership_uuid"],
+                    set_={
+                        "status": statement.excluded.status,
+                        "learner_uuid": statement.excluded.learner_uuid,
+                        "external_learner_id": statement.excluded.external_learner_id,
+                        "fetched_at": statement.excluded.fetched_at,
+                        "dagster_run_id": statement.excluded.dagster_run_id,
+                    },
+                )
+                connection.execute(statement, list(chunk))
+        return len(rows)
 
     # -- step 2: achievements --------------------------------------------------------------
 
-    def apply_course_progress(
-        self,
-        activity_id: str,
-        latest: pd.DataFrame,
-        *,
-        programme_ids: Sequence[str],
-        programme_enrolments: dict[str, list[ProgrammeEnrolment]],
-        plan: Callable[[pd.DataFrame, dict[str, int]], CoursePlan],
-        now: datetime | None = None,
-    ) -> Counter:
-        """Apply one course in one transaction: create missing achievements, lock the course's
-        achievements, plan against what is stored *now*, write the plan."""
-        now = now or utcnow()
-        counts: Counter = Counter()
+    @contextmanager
+    def course_transaction(self, activity_id: str) -> Iterator[CourseWriter]:
+        """One course's achievements in one transaction (locked on PostgreSQL, under SQLite's
+        write lock there): read what is stored *now*, then write the plan made from it."""
         with self.engine.begin() as connection:
-            stored = self._course_achievements(connection, activity_id)
-            missing = sorted(set(latest["user_id"]) - set(stored["user_id"]))
-            if missing:
-                new_rows = [
-                    {
-                        "id": str(uuid.uuid4()),
-                        "user_id": user_id,
-                        "activity_id": activity_id,
-                        "programme_id": programme_for_new_achievement(
-                            programme_ids, programme_enrolments.get(user_id, ())
-                        ),
-                        "progress": 0,
-                        "current_state": "enrolled",
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for user_id in missing
-                ]
-                table = Achievement.__table__
-                for chunk in batches(new_rows):
-                    statement = _insert(connection, table).on_conflict_do_nothing(
-                        index_elements=["user_id", "activity_id"]
-                    )
-                    counts["created"] += len(
-                        connection.execute(statement.returning(table.c.id), list(chunk)).all()
-                    )
-                stored = self._course_achievements(connection, activity_id)
-            sort_keys = self._last_sort_keys(connection, activity_id)
-            course_plan = plan(stored[stored["user_id"].isin(latest["user_id"])], sort_keys)
-            counts.update(_plan_violations(stored, course_plan))
-            self._write_plan(connection, course_plan)
-        counts.update(course_plan.counts)
-        counts["pending_jobs"] += len(course_plan.jobs)
-        return counts
+            yield CourseWriter(connection, activity_id)
 
     def run_audit(self, dagster_run_id: str) -> dict[str, int]:
-        """What one Dagster run wrote to achievement_transitions."""
+        """What one Dagster run wrote to achievement_transitions, and how many of those moved
+        an achievement that was already complete (there must be none)."""
         t = AchievementTransition
+        earlier = aliased(AchievementTransition)
         run = t.transition_metadata["dagster_run_id"].as_string() == dagster_run_id
         with read_only(self.engine) as connection:
             total = connection.execute(select(func.count()).where(run)).scalar_one()
             from_complete = connection.execute(
-                select(func.count()).where(run, t.from_state == "complete")
+                select(func.count()).where(
+                    run,
+                    exists().where(
+                        earlier.achievement_id == t.achievement_id,
+                        earlier.sort_key < t.sort_key,
+                        earlier.to_state == "complete",
+                    ),
+                )
             ).scalar_one()
         return {"transitions": total, "transitions_from_complete": from_complete}
 
-    @staticmethod
-    def _course_achievements(connection: Connection, activity_id: str) -> pd.DataFrame:
+    # -- follow-up jobs (the outbox) ---------------------------------------------------------
+
+    def outbox(self, *, pending_only: bool = False) -> pd.DataFrame:
+        o = OutboxJob
         statement = select(
-            Achievement.id,
-            Achievement.user_id,
-            Achievement.progress,
-            Achievement.current_state,
-            Achievement.programme_id,
-        ).where(Achievement.activity_id == activity_id)
-        if connection.dialect.name == "postgresql":
-            statement = statement.with_for_update()  # SQLite holds the write lock already
-        return pd.DataFrame(
-            connection.execute(statement).all(),
-            columns=["id", "user_id", "progress", "current_state", "programme_id"],
+            o.id,
+            o.job_class,
+            o.queue,
+            o.arguments,
+            o.run_at,
+            o.dedup_key,
+            o.achievement_id,
+            o.user_id,
+            o.created_at,
+            o.dispatched_at,
+            o.jid,
+            o.dagster_run_id,
+        ).order_by(o.id)
+        if pending_only:
+            statement = statement.where(o.dispatched_at.is_(None))
+        return self._frame(
+            statement,
+            [
+                "id",
+                "job_class",
+                "queue",
+                "arguments",
+                "run_at",
+                "dedup_key",
+                "achievement_id",
+                "user_id",
+                "created_at",
+                "dispatched_at",
+                "jid",
+                "dagster_run_id",
+            ],
         )
 
-    @staticmethod
-    def _last_sort_keys(connection: Connection, activity_id: str) -> dict[str, int]:
-        t = AchievementTransition
-        statement = (
+    def assign_jid(self, outbox_id: int, jid: str) -> str:
+        """Record the Sidekiq jid a row will be pushed with, before the push; a row that has
+        one keeps it (a retry must push the same jid, so the marker can be checked)."""
+        o = OutboxJob.__table__
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(o).where(o.c.id == outbox_id, o.c.jid.is_(None)).values(jid=jid)
+            )
+            return connection.execute(select(o.c.jid).where(o.c.id == outbox_id)).scalar_one()
+
+    def mark_dispatched(self, outbox_ids: Sequence[int], dispatched_at: datetime) -> None:
+        o = OutboxJob.__table__
+        with self.engine.begin() as connection:
+            for chunk in batches(list(outbox_ids)):
+                connection.execute(
+                    update(o)
+                    .where(o.c.id.in_(chunk), o.c.dispatched_at.is_(None))
+                    .values(dispatched_at=dispatched_at)
+                )
+
+
+class CourseWriter:
+    """The reads and writes of one course's transaction (see ``course_transaction``)."""
+
+    def __init__(self, connection: Connection, activity_id: str):
+        self.connection = connection
+        self.activity_id = activity_id
+
+    def create_achievements(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Insert achievements (id, user_id, programme_id) at progress 0 with no transition
+        (state ``enrolled``); one that exists already is left. Returns the ids created."""
+        if not rows:
+            return []
+        now = utcnow()
+        table = Achievement.__table__
+        values = [
+            {
+                **row,
+                "activity_id": self.activity_id,
+                "progress": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for row in rows
+        ]
+        created: list[str] = []
+        for chunk in batches(values):
+            statement = _insert(self.connection, table).on_conflict_do_nothing(
+                index_elements=["activity_id", "user_id"]
+            )
+            created += self.connection.scalars(statement.returning(table.c.id), list(chunk)).all()
+        return created
+
+    def achievements(self) -> pd.DataFrame:
+        """id, user_id, progress, programme_id, state, last_sort_key of the course's
+        achievements, locked for this transaction on PostgreSQL."""
+        a, t = Achievement, AchievementTransition
+        locked = select(a.id, a.user_id, a.progress, a.programme_id).where(
+            a.activity_id == self.activity_id
+        )
+        if self.connection.dialect.name == "postgresql":
+            locked = locked.with_for_update()  # SQLite holds the write lock already
+        stored = pd.DataFrame(
+            self.connection.execute(locked).all(),
+            columns=["id", "user_id", "progress", "programme_id"],
+        )
+        course = a.activity_id == self.activity_id
+        last = self.connection.execute(
             select(t.achievement_id, func.max(t.sort_key))
-            .join(Achievement, Achievement.id == t.achievement_id)
-            .where(Achievement.activity_id == activity_id)
+            .join(a, a.id == t.achievement_id)
+            .where(course)
             .group_by(t.achievement_id)
+        ).all()
+        current = self.connection.execute(
+            select(t.achievement_id, t.to_state)
+            .join(a, a.id == t.achievement_id)
+            .where(course, t.most_recent.is_(True))
+        ).all()
+        states = pd.DataFrame(last, columns=["id", "last_sort_key"]).merge(
+            pd.DataFrame(current, columns=["id", "state"]), on="id", how="outer"
         )
-        return dict(connection.execute(statement).all())
+        stored = stored.merge(states, on="id", how="left")
+        stored["state"] = stored["state"].astype(object).where(stored["state"].notna(), ENROLLED)
+        stored["last_sort_key"] = (
+            pd.to_numeric(stored["last_sort_key"], errors="coerce").fillna(0).astype("int64")
+        )
+        return stored
 
-    @staticmethod
-    def _write_plan(connection: Connection, plan: CoursePlan) -> None:
+    def write(
+        self,
+        updates: list[dict[str, Any]],
+        transitions: list[dict[str, Any]],
+        jobs: list[dict[str, Any]],
+    ) -> int:
+        """Progress and ``updated_at`` of changed achievements; each move as statesman writes
+        it (the previous most recent one flipped, the new one most recent); and the follow-up
+        jobs, each once by its key. Returns how many jobs were new."""
         achievements = Achievement.__table__
-        transitions = AchievementTransition.__table__
-        if plan.updates:
+        transitions_table = AchievementTransition.__table__
+        if updates:
             statement = (
                 update(achievements)
                 .where(achievements.c.id == bindparam("achievement_id"))
-                .values(
-                    progress=bindparam("new_progress"),
-                    current_state=bindparam("new_state"),
-                    updated_at=bindparam("new_updated_at"),
-                )
+                .values(progress=bindparam("new_progress"), updated_at=bindparam("now"))
             )
             params = [
-                {
-                    "achievement_id": u["id"],
-                    "new_progress": u["progress"],
-                    "new_state": u["current_state"],
-                    "new_updated_at": u["updated_at"],
-                }
-                for u in plan.updates
+                {"achievement_id": u["id"], "new_progress": u["progress"], "now": u["updated_at"]}
+                for u in updates
             ]
             for chunk in batches(params):
-                connection.execute(statement, list(chunk))
-        if plan.transitions:
-            ids = [t["achievement_id"] for t in plan.transitions]
+                self.connection.execute(statement, list(chunk))
+        if transitions:
+            now = transitions[0]["updated_at"]
+            ids = [t["achievement_id"] for t in transitions]
             for chunk in batches(ids):
-                connection.execute(
-                    update(transitions)
+                self.connection.execute(
+                    update(transitions_table)
                     .where(
-                        transitions.c.achievement_id.in_(chunk), transitions.c.most_recent.is_(True)
+                        transitions_table.c.achievement_id.in_(chunk),
+                        transitions_table.c.most_recent.is_(True),
                     )
-                    .values(most_recent=False)
+                    .values(most_recent=False, updated_at=now)
                 )
-            for chunk in batches(plan.transitions):
-                connection.execute(transitions.insert(), list(chunk))
-        if plan.jobs:
-            rows = [
-                {
-                    "job_class": job.job_class,
-                    "arguments": job.arguments,
-                    "run_at": job.run_at,
-                    "dedup_key": job.dedup_key,
-                    "created_at": utcnow(),
-                }
-                for job in plan.jobs
-            ]
-            for chunk in batches(rows):
-                statement = _insert(connection, PendingJob.__table__).on_conflict_do_nothing(
+            for chunk in batches(transitions):
+                self.connection.execute(transitions_table.insert(), list(chunk))
+        new_jobs = 0
+        if jobs:
+            table = OutboxJob.__table__
+            for chunk in batches(jobs):
+                statement = _insert(self.connection, table).on_conflict_do_nothing(
                     index_elements=["dedup_key"]
                 )
-                connection.execute(statement, list(chunk))
+                new_jobs += len(
+                    self.connection.execute(statement.returning(table.c.id), list(chunk)).all()
+                )
+        return new_jobs
 
 
-def _plan_violations(stored: pd.DataFrame, plan: CoursePlan) -> Counter:
-    """Checked against the stored rows, not the planner's own view: progress never goes down
-    and a complete achievement never changes."""
-    if not plan.updates:
-        return Counter(progress_decreases=0, complete_changed=0)
-    updates = pd.DataFrame(plan.updates, columns=["id", "progress"]).merge(
-        stored[["id", "progress", "current_state"]], on="id", how="left", suffixes=("", "_stored")
-    )
-    return Counter(
-        progress_decreases=int((updates["progress"] < updates["progress_stored"]).sum()),
-        complete_changed=int((updates["current_state"] == "complete").sum()),
-    )
+def _append_memberships(connection: Connection, rows: list[dict], now: datetime) -> None:
+    """Append each membership to its user's array, unless the array already holds it."""
+    if not rows:
+        return
+    by_user: dict[str, list[str]] = {}
+    for row in rows:
+        by_user.setdefault(row["user_id"], []).append(row["membership_uuid"])
+    if connection.dialect.name == "postgresql":
+        statement = text(
+            "UPDATE users SET future_learn_organisation_memberships = "
+            "future_learn_organisation_memberships || ARRAY(SELECT m FROM unnest("
+            "CAST(:memberships AS text[])) AS m WHERE NOT m = ANY(future_learn_organisation_memberships)), "
+            "updated_at = :now WHERE id = CAST(:user_id AS uuid)"
+        )
+        params = [
+            {"user_id": u, "memberships": ms, "now": now.replace(tzinfo=None)}
+            for u, ms in by_user.items()
+        ]
+    else:
+        statement = text(
+            "UPDATE users SET future_learn_organisation_memberships = json_insert("
+            "coalesce(future_learn_organisation_memberships, '[]'), '$[#]', :membership), "
+            # SQLite ids are text: match one written in upper case by someone else too.
+            "updated_at = :now WHERE id IN (:user_id, upper(:user_id)) AND NOT EXISTS (SELECT 1 FROM "
+            "json_each(coalesce(users.future_learn_organisation_memberships, '[]')) "
+            "WHERE value = :membership)"
+        )
+        params = [
+            {"user_id": r["user_id"], "membership": r["membership_uuid"], "now": _sqlite_time(now)}
+            for r in rows
+        ]
+    for chunk in batches(params):
+        connection.execute(statement, list(chunk))
+
+
+def _sqlite_time(moment: datetime) -> str:
+    # As SQLAlchemy's DateTime writes it on SQLite: naive UTC with microseconds.
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _stored_links(connection: Connection, membership_uuids: list[str]) -> dict[str, str]:
+    table = MembershipLink.__table__
+    stored: dict[str, str] = {}
+    for chunk in batches(membership_uuids):
+        stored.update(
+            connection.execute(
+                select(table.c.membership_uuid, table.c.user_id).where(
+                    table.c.membership_uuid.in_(chunk)
+                )
+            ).all()
+        )
+    return stored

@@ -1,17 +1,20 @@
 """Column types that behave the same on PostgreSQL and SQLite.
 
-SQLAlchemy's generic ``Uuid`` stores 32 hex digits on SQLite; the Teach Computing
-website expects 36-character lowercase text with dashes there, and native ``uuid``
-on PostgreSQL. Timestamps are stored and returned as timezone-aware UTC on both.
+The website's tables have Rails's PostgreSQL types (DESIGN.md, "Database"): native
+``uuid``, ``text[]``, ``json`` and ``timestamp(6) without time zone`` holding UTC. On
+SQLite a UUID is 36-character lowercase text with dashes, ``text[]`` is a JSON array in
+text, and timestamps are UTC text. In Python every UUID is a canonical lowercase string
+and every timestamp is timezone-aware UTC, whichever database it came from.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator
 
@@ -40,7 +43,23 @@ class UUIDText(TypeDecorator):
         return str(uuid.UUID(str(value)))
 
     def process_result_value(self, value, dialect):
-        return None if value is None else str(value)
+        if value is None:
+            return None
+        text = str(value)
+        # Someone else may have written upper case or braces on SQLite: one membership or
+        # course must never look like two.
+        return text if _CANONICAL.fullmatch(text) else canonical_uuid_text(text)
+
+
+def canonical_uuid_text(text: str) -> str:
+    """``text`` as a canonical lowercase UUID when it is one, else unchanged (stripped)."""
+    stripped = text.strip()
+    if _CANONICAL.fullmatch(stripped):
+        return stripped
+    try:
+        return str(uuid.UUID(stripped))
+    except ValueError:
+        return stripped
 
 
 class UTCDateTime(TypeDecorator):
@@ -65,7 +84,60 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONDocument = JSON().with_variant(postgresql.JSONB(), "postgresql")
+class RailsTimestamp(TypeDecorator):
+    """Rails's ``timestamp(6) without time zone`` holding UTC: aware UTC in Python, naive UTC
+    in the database (microseconds kept). Naive datetimes are refused rather than guessed."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=False, precision=6))
+        return dialect.type_descriptor(DateTime(timezone=False))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class TextArray(TypeDecorator):
+    """Rails's ``text[]``: a PostgreSQL array of text; on SQLite, a JSON array in text."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(Text))
+        return dialect.type_descriptor(Text())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        values = [str(v) for v in value]
+        return values if dialect.name == "postgresql" else json.dumps(values)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = json.loads(value)
+        return [str(v) for v in value]
+
+
+# Rails's ``json`` (not jsonb) on PostgreSQL; JSON text on SQLite.
+JSONDocument = JSON()
 
 # An autoincrementing 64-bit key on PostgreSQL; SQLite only autoincrements INTEGER.
 BigIntegerKey = BigInteger().with_variant(Integer(), "sqlite")

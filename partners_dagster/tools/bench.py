@@ -17,14 +17,19 @@ from pathlib import Path
 
 import jwt
 import requests
+from sqlalchemy import func, inspect, select
 
 from .. import settings
 from ..defs.constants import DEFINITIONS_MODULE, NIGHTLY_JOBS
 from ..partners_api.client import ENDPOINTS
 from ..sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, generate
 from ..sandbox.seed import seed_from_dataset
-from ..teachcomputing.engine import make_engine, read_only
-from ..teachcomputing.migrate import downgrade, upgrade
+from ..steps.progress_update import ProgressCounts
+from ..teachcomputing.engine import make_engine
+from ..teachcomputing.migrate import upgrade
+from ..teachcomputing.models import OWN, WEBSITE
+from ..teachcomputing.repository import TeachComputingRepository
+from ..teachcomputing.schema import create_teachcomputing_tables
 from .local_instance import local_dagster_home
 
 
@@ -49,6 +54,7 @@ def start_sandbox(scale: str, seed: int, latency_ms: float) -> tuple[subprocess.
 
 def run_job(job: str, env: dict[str, str]) -> dict:
     """One job in its own process; wall time and that process's peak resident memory."""
+    launched = time.time()
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "dagster", "job", "execute", "-m", DEFINITIONS_MODULE, "-j", job],
@@ -64,6 +70,7 @@ def run_job(job: str, env: dict[str, str]) -> dict:
         "wall_seconds": round(time.perf_counter() - started, 2),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "ok": process.returncode == 0,
+        "launched_at": launched,
         "output_tail": "" if process.returncode == 0 else output[-3000:],
     }
 
@@ -77,23 +84,30 @@ def run_metadata(dagster_home: Path, job: str) -> dict:
         (record,) = instance.get_run_records(dg.RunsFilter(job_name=job), limit=1)
         stats = instance.get_run_stats(record.dagster_run.run_id)
         metadata: dict = {}
+        progress_counts = None
         for entry in instance.all_logs(
             record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
         ):
             materialization = entry.asset_materialization
+            if "counts" in materialization.metadata:
+                progress_counts = ProgressCounts(**materialization.metadata["counts"].value)
             metadata[materialization.asset_key.to_user_string()] = {
                 k: v.value
                 for k, v in materialization.metadata.items()
                 if isinstance(v.value, int | float)
             }
+        step_stats = instance.get_run_step_stats(record.dagster_run.run_id)
         steps = {
             step.step_key: round((step.end_time or 0) - (step.start_time or 0), 2)
-            for step in instance.get_run_step_stats(record.dagster_run.run_id)
+            for step in step_stats
         }
+        first_step = min((s.start_time for s in step_stats if s.start_time), default=None)
     return {
         "run_seconds": round((stats.end_time or 0) - (stats.start_time or 0), 2),
         "steps": steps,
+        "first_step_at": first_step,
         "assets": metadata,
+        "progress_counts": progress_counts,
     }
 
 
@@ -136,13 +150,7 @@ def floor_paths(url: str, database_url: str, known_courses: set[str]) -> list[st
     runs = requests.get(f"{url}/partners/course_runs", headers=headers, timeout=60).json()
     known_runs = [r["uuid"] for r in runs if r["course"]["uuid"] in known_courses]
     engine = make_engine(database_url)
-    with read_only(engine) as connection:
-        linked = {
-            str(u)
-            for (u,) in connection.exec_driver_sql(
-                "SELECT uuid FROM future_learn_organisation_memberships"
-            )
-        }
+    linked = set(TeachComputingRepository(engine).linked_memberships()["membership_uuid"])
     engine.dispose()
     members: set[str] = set()
     for run in known_runs:
@@ -157,6 +165,43 @@ def floor_paths(url: str, database_url: str, known_courses: set[str]) -> list[st
     return paths
 
 
+class DatabaseInUseError(RuntimeError):
+    """The benchmark's database holds data that is not the benchmark's."""
+
+
+def prepare_database(engine, dataset, *, force: bool = False) -> None:
+    """The website's tables and ours, seeded from ``dataset``. A database that already holds
+    the website's tables with rows is refused unless ``force``; then its rows (never its
+    tables) are deleted. No table the benchmark did not create is ever dropped."""
+    existing = [t for t in WEBSITE.sorted_tables if inspect(engine).has_table(t.name)]
+    if existing:
+        with engine.connect() as connection:
+            rows = {
+                t.name: connection.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in existing
+            }
+        holding = [f"{name} ({n} rows)" for name, n in rows.items() if n]
+        if holding and not force:
+            raise DatabaseInUseError(
+                "the database already holds data in "
+                + ", ".join(holding[:4])
+                + ": benchmark an empty database, or pass --force to delete those rows"
+            )
+        if len(existing) < len(WEBSITE.tables):
+            missing = sorted(set(WEBSITE.tables) - {t.name for t in existing})
+            raise DatabaseInUseError(
+                f"the database has some of the website's tables but not {', '.join(missing)}"
+            )
+        upgrade(engine)
+        with engine.begin() as connection:
+            for table in reversed([*WEBSITE.sorted_tables, *OWN.sorted_tables]):
+                connection.execute(table.delete())
+    else:
+        create_teachcomputing_tables(engine)
+        upgrade(engine)
+    seed_from_dataset(engine, dataset)
+
+
 def run_bench(
     scale: str,
     seed: int,
@@ -165,6 +210,9 @@ def run_bench(
     concurrency: int,
     output: Path,
     say: Callable[[str], None] = print,
+    *,
+    force: bool = False,
+    refresh_days: float | None = None,
 ) -> int:
     workdir = settings.data_dir() / f"bench-{scale}"
     if workdir.exists():
@@ -176,11 +224,10 @@ def run_bench(
 
     dataset = generate(scale, seed)
     engine = make_engine(database_url)
-    if engine.dialect.name == "postgresql":
-        downgrade(engine, "base")
-    upgrade(engine)
-    seed_from_dataset(engine, dataset)
-    engine.dispose()
+    try:
+        prepare_database(engine, dataset, force=force)
+    finally:
+        engine.dispose()
     known = set(dataset.known_course_uuids)
 
     sandbox, url = start_sandbox(scale, seed, latency_ms)
@@ -199,11 +246,14 @@ def run_bench(
         "DAGSTER_HOME": str(workdir / "dagster_home"),
         "PARTNERS_DAGSTER_DATA": str(workdir),
     }
+    if refresh_days is not None:
+        env["FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS"] = str(refresh_days)
     report: dict = {
         "scale": scale,
         "seed": seed,
         "latency_ms": latency_ms,
         "concurrency": concurrency,
+        "membership_refresh_days": refresh_days,
         "database": make_engine(database_url).dialect.name,
         "nights": {},
     }
@@ -229,6 +279,11 @@ def run_bench(
                 ).json()["requests"]
                 if measured["ok"]:
                     measured.update(run_metadata(workdir / "dagster_home", job))
+                    if measured["first_step_at"]:
+                        # Process start to first step: imports, loading definitions, launch.
+                        measured["startup_seconds"] = round(
+                            measured["first_step_at"] - measured["launched_at"], 2
+                        )
                 else:
                     failed = True
                     say(measured["output_tail"])
@@ -268,11 +323,15 @@ def format_night(night: str, results: dict) -> str:
         lines.append(
             f"  {job:<24}{r['wall_seconds']:8.1f}{r.get('run_seconds', 0):8.1f}{r['peak_rss_mib']:10.0f}  {traffic or '-'}"
         )
+        if r.get("startup_seconds") is not None:
+            lines.append(
+                f"  {'':24}start-up s (process start to first step): {r['startup_seconds']}"
+            )
         if r.get("steps"):
             lines.append(
                 f"  {'':24}steps s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
             )
-        written = _rows_written(assets)
+        written = _rows_written(assets, r.get("progress_counts"))
         if written:
             lines.append(f"  {'':24}rows: {written}")
     total = sum(results[j]["wall_seconds"] for j in NIGHTLY_JOBS)
@@ -283,14 +342,16 @@ def format_night(night: str, results: dict) -> str:
     return "\n".join(lines)
 
 
-def _rows_written(assets: dict) -> str:
-    picks = [
-        ("course_enrolments", "enrolments", "enrolments read"),
-        ("membership_links", "memberships_linked", "links written"),
-        ("achievement_progress", "achievements_created", "achievements created"),
-        ("achievement_progress", "achievements_progressed", "progressed"),
-        ("achievement_progress", "pending_jobs_queued", "pending jobs"),
-    ]
-    return ", ".join(
-        f"{label} {assets[a][k]}" for a, k, label in picks if a in assets and k in assets[a]
-    )
+def _rows_written(assets: dict, progress: ProgressCounts | None) -> str:
+    parts = []
+    if "course_enrolments" in assets:
+        parts.append(f"enrolments read {assets['course_enrolments'].get('enrolments', 0)}")
+    if "membership_links" in assets:
+        parts.append(f"links written {assets['membership_links'].get('memberships_linked', 0)}")
+    if progress is not None:
+        parts.append(
+            f"achievements created {progress.achievements_created}, "
+            f"progressed {progress.achievements_progressed}, "
+            f"follow-up jobs {progress.follow_up_jobs}"
+        )
+    return ", ".join(parts)

@@ -149,15 +149,38 @@ def audit(user: str, show_emails: bool, database_url: str | None) -> None:
     "--concurrency", default=4, show_default=True, type=int, help="Concurrent API requests."
 )
 @click.option("--output", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
-def bench(scale, seed, latency_ms, database_url, concurrency, output) -> None:
+@click.option(
+    "--refresh-days",
+    default=None,
+    type=click.FloatRange(0, 365),
+    help="FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS for the nights (0: ask every night, as before).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete the rows of a --database-url that already holds data (never its tables).",
+)
+def bench(scale, seed, latency_ms, database_url, concurrency, output, refresh_days, force) -> None:
     """Two nights (first, then steady) through the real jobs, with a table of measurements."""
     from pathlib import Path
 
-    from .bench import run_bench
+    from .bench import DatabaseInUseError, run_bench
 
-    raise SystemExit(
-        run_bench(scale, seed, latency_ms, database_url, concurrency, Path(output), say=click.echo)
-    )
+    try:
+        code = run_bench(
+            scale,
+            seed,
+            latency_ms,
+            database_url,
+            concurrency,
+            Path(output),
+            say=click.echo,
+            force=force,
+            refresh_days=refresh_days,
+        )
+    except DatabaseInUseError as error:
+        raise click.ClickException(str(error)) from None
+    raise SystemExit(code)
 
 
 @main.group()
@@ -169,18 +192,23 @@ def bench(scale, seed, latency_ms, database_url, concurrency, output) -> None:
 )
 @click.pass_context
 def db(ctx: click.Context, database_url: str | None) -> None:
-    """Teach Computing database: migrations and seeding."""
+    """Teach Computing database: our migrations, the website's tables, checks and seeding."""
     from .. import settings
+    from ..settings import ConfigurationError
     from ..teachcomputing.engine import make_engine
 
-    ctx.obj = make_engine(database_url or settings.database_url())
+    try:
+        ctx.obj = make_engine(database_url or settings.database_url())
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
 @click.pass_obj
 def db_upgrade(engine, revision: str) -> None:
-    """Apply migrations up to REVISION (default: head). Running it twice is a no-op."""
+    """Apply this project's migrations up to REVISION (default: head): only the
+    partners_dagster_* tables, so it is safe on the website's database. Twice is a no-op."""
     from ..teachcomputing.migrate import current_revision, upgrade
 
     upgrade(engine, revision)
@@ -193,13 +221,45 @@ def db_upgrade(engine, revision: str) -> None:
 @click.argument("revision")
 @click.pass_obj
 def db_downgrade(engine, revision: str) -> None:
-    """Revert migrations down to REVISION (``base`` removes every table)."""
+    """Revert this project's migrations down to REVISION (``base`` removes the
+    partners_dagster_* tables; the website's tables are never touched)."""
     from ..teachcomputing.migrate import current_revision, downgrade
 
     downgrade(engine, revision)
     click.echo(
         f"{engine.url.render_as_string(hide_password=True)} at revision {current_revision(engine)}"
     )
+
+
+@db.command("create-teachcomputing-tables")
+@click.pass_obj
+def db_create_teachcomputing_tables(engine) -> None:
+    """Create the website's tables (DESIGN.md) in an empty database: for the embedded
+    default, the demo, tests and the benchmark. Refuses when any of them exists."""
+    from ..teachcomputing.schema import TablesExistError, create_teachcomputing_tables
+
+    try:
+        created = create_teachcomputing_tables(engine)
+    except TablesExistError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"created {len(created)} tables: {', '.join(created)}")
+
+
+@db.command("check")
+@click.pass_obj
+def db_check(engine) -> None:
+    """Say, column by column, whether the jobs can run on this database; changes nothing.
+    Exits non-zero when a website column the jobs use is missing or has the wrong type."""
+    from ..teachcomputing.schema import check_database
+
+    report = check_database(engine)
+    for line in report.lines():
+        click.echo(line)
+    if report.problems:
+        names = ", ".join(f"{c.table}.{c.column}" for c in report.problems[:10])
+        raise click.ClickException(
+            f"{len(report.problems)} column(s) missing or of the wrong type: {names}"
+        )
 
 
 @db.command("seed")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import settings
-from ..defs.constants import NIGHTLY_JOBS
+from ..defs.constants import NIGHTLY_JOBS, PROGRESS_JOB
 from ..sandbox import (
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,
@@ -22,8 +22,11 @@ from ..sandbox import (
     generate,
 )
 from ..sandbox.seed import seed_from_dataset
+from ..steps.progress_update import ProgressCounts
 from ..teachcomputing.engine import make_engine, read_only
 from ..teachcomputing.migrate import upgrade
+from ..teachcomputing.repository import TeachComputingRepository
+from ..teachcomputing.schema import create_teachcomputing_tables
 from .local_instance import local_dagster_home, write_workspace
 
 
@@ -56,11 +59,13 @@ def prepare(scale: str, seed: int, say: Callable[[str], None]) -> Embedded:
     )
     database_url = settings.default_database_url()
     engine = make_engine(database_url)
+    create_teachcomputing_tables(engine)
     upgrade(engine)
     counts = seed_from_dataset(engine, dataset)
     engine.dispose()
     say(
-        f"database {database_url}: migrated, seeded with {counts['users']} users, {counts['activities']} activities"
+        f"database {database_url}: the website's tables created, ours migrated, "
+        f"seeded with {counts['users']} users, {counts['activities']} activities"
     )
     env = {
         "FL_PARTNERS_URL": server.url,
@@ -120,23 +125,29 @@ def run_demo(scale: str, seed: int, say: Callable[[str], None] = print) -> int:
 
 def summary(embedded: Embedded, results: dict, timings: dict) -> str:
     engine = make_engine(embedded.database_url)
+    repository = TeachComputingRepository(engine)
+    links = len(repository.linked_memberships())
     with read_only(engine) as connection:
-        links = pd.read_sql_query(
-            "SELECT count(*) AS n FROM future_learn_organisation_memberships", connection
-        )["n"].iat[0]
+        # A state is the most recent transition's to_state, `enrolled` when there is none.
         states = pd.read_sql_query(
-            "SELECT current_state, count(*) AS n FROM achievements GROUP BY current_state ORDER BY current_state",
+            "SELECT coalesce(t.to_state, 'enrolled') AS state, count(*) AS n FROM achievements a "
+            "LEFT JOIN achievement_transitions t ON t.achievement_id = a.id AND t.most_recent "
+            "GROUP BY coalesce(t.to_state, 'enrolled') ORDER BY 1",
             connection,
         )
-        jobs = pd.read_sql_query(
-            "SELECT job_class, count(*) AS n FROM pending_jobs GROUP BY job_class ORDER BY job_class",
-            connection,
-        )
+    jobs = repository.outbox().groupby("job_class").size()
     engine.dispose()
     lines = ["Summary", f"  memberships linked: {links}", "  achievements by state:"]
-    lines += [f"    {row.current_state:<12} {row.n}" for row in states.itertuples()]
-    lines.append("  pending jobs queued:")
-    lines += [f"    {row.job_class:<32} {row.n}" for row in jobs.itertuples()] or ["    none"]
+    lines += [f"    {row.state:<12} {row.n}" for row in states.itertuples()]
+    lines.append("  follow-up jobs in the outbox:")
+    lines += [f"    {job_class:<36} {n}" for job_class, n in jobs.items()] or ["    none"]
+    progress = progress_counts(results.get(PROGRESS_JOB))
+    if progress is not None:
+        lines.append(
+            f"  tonight: {progress.achievements_created} achievements created, "
+            f"{progress.achievements_progressed} progressed, {progress.moved_to_complete} completed, "
+            f"{progress.follow_up_jobs} follow-up jobs queued"
+        )
     lines.append("  per step:                  wall s   network requests   cache hits")
     for job, result in results.items():
         network = cache = 0
@@ -148,6 +159,16 @@ def summary(embedded: Embedded, results: dict, timings: dict) -> str:
             cache += metadata["api_cache_hits"].value if "api_cache_hits" in metadata else 0
         lines.append(f"    {job:<24} {timings[job]:6.1f}   {network:16d}   {cache:10d}")
     return "\n".join(lines)
+
+
+def progress_counts(result) -> ProgressCounts | None:
+    """The typed counts ``achievement_progress`` recorded in its materialization."""
+    if result is None:
+        return None
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "achievement_progress":
+            return ProgressCounts(**event.materialization.metadata["counts"].value)
+    return None
 
 
 def run_ui(scale: str, seed: int, port: int, say: Callable[[str], None] = print) -> int:

@@ -1,31 +1,30 @@
-"""Alembic environment: runs against the connection or URL that ``migrate.py`` passes in."""
+"""Alembic environment: runs on the connection that ``migrate.py`` passes in, and knows only
+this project's own tables (the website's belong to the Rails app)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from partners_dagster.teachcomputing.engine import make_engine
-from partners_dagster.teachcomputing.models import Base
+from partners_dagster.teachcomputing.migrate import VERSION_TABLE
+from partners_dagster.teachcomputing.models import OWN
 
 config = context.config
-target_metadata = Base.metadata
+
+
+def _ours(name, type_, *_args) -> bool:
+    # Autogenerate compares only partners_dagster_* tables: never propose to drop the website's.
+    return type_ != "table" or (name or "").startswith("partners_dagster_")
 
 
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
-    with engine.connect() as connection:
-        _run(connection)
-    engine.dispose()
-
-
-def _run(connection) -> None:
+    if connection is None:
+        raise RuntimeError("run migrations through partners-dagster db upgrade")
     context.configure(
         connection=connection,
-        target_metadata=target_metadata,
+        target_metadata=OWN,
+        version_table=VERSION_TABLE,
+        include_name=_ours,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

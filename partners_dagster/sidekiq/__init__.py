@@ -1,0 +1,1 @@
+"""Delivery of follow-up jobs to the website's Sidekiq."""
