@@ -175,23 +175,51 @@ def test_17_a_loopback_host_header_is_served(server, host):
 @pytest.mark.parametrize(
     ("method", "path", "body", "named"),
     [
-        ("PUT", "faults", b"{not json", "not JSON"),
-        ("PUT", "faults", b"[1, 2]", "JSON object"),
-        ("PUT", "faults", b'{"eror_rate": 0.5}', "eror_rate"),
-        ("PUT", "faults", b'{"error_rate": "lots"}', "error_rate"),
-        ("PUT", "faults", b'{"error_rate": 2}', "error_rate"),
-        ("PUT", "faults", b'{"latency_ms": -5}', "latency_ms"),
-        ("PUT", "faults", b'{"seed": 1.5}', "seed"),
-        ("PUT", "faults", b'{"script": ["explode"]}', "script"),
-        ("PUT", "faults", b'{"script": "error"}', "script"),
-        ("PUT", "faults", b'{"failing_runs": [1]}', "failing_runs"),
-        ("PUT", "faults", b'{"overrides": {"/x": {"status": "teapot"}}}', "status"),
-        ("PUT", "faults", b'{"overrides": {"/x": {"bdy": ""}}}', "/x"),
-        ("PUT", "faults", b"[" * 100_000, "not JSON"),
-        ("POST", "advance", b"{not json", "not JSON"),
-        ("POST", "advance", b'{"seed": "x"}', "seed"),
-        ("POST", "advance", b'{"seed": -1}', "seed"),
-        ("POST", "advance", b'["seed"]', "seed"),
+        pytest.param("PUT", "faults", b"{not json", "not JSON", id="faults-not-json"),
+        pytest.param("PUT", "faults", b"[1, 2]", "JSON object", id="faults-an-array"),
+        pytest.param(
+            "PUT", "faults", b'{"eror_rate": 0.5}', "eror_rate", id="faults-unknown-field"
+        ),
+        pytest.param(
+            "PUT", "faults", b'{"error_rate": "lots"}', "error_rate", id="faults-rate-a-string"
+        ),
+        pytest.param("PUT", "faults", b'{"error_rate": 2}', "error_rate", id="faults-rate-above-1"),
+        pytest.param(
+            "PUT", "faults", b'{"latency_ms": -5}', "latency_ms", id="faults-negative-latency"
+        ),
+        pytest.param("PUT", "faults", b'{"seed": 1.5}', "seed", id="faults-seed-not-integer"),
+        pytest.param(
+            "PUT", "faults", b'{"script": ["explode"]}', "script", id="faults-unknown-script-fault"
+        ),
+        pytest.param(
+            "PUT", "faults", b'{"script": "error"}', "script", id="faults-script-not-a-list"
+        ),
+        pytest.param(
+            "PUT",
+            "faults",
+            b'{"failing_runs": [1]}',
+            "failing_runs",
+            id="faults-failing-run-not-a-string",
+        ),
+        pytest.param(
+            "PUT",
+            "faults",
+            b'{"overrides": {"/x": {"status": "teapot"}}}',
+            "status",
+            id="faults-override-bad-status",
+        ),
+        pytest.param(
+            "PUT",
+            "faults",
+            b'{"overrides": {"/x": {"bdy": ""}}}',
+            "/x",
+            id="faults-override-unknown-key",
+        ),
+        pytest.param("PUT", "faults", b"[" * 100_000, "not JSON", id="faults-nested-100000-deep"),
+        pytest.param("POST", "advance", b"{not json", "not JSON", id="advance-not-json"),
+        pytest.param("POST", "advance", b'{"seed": "x"}', "seed", id="advance-seed-a-string"),
+        pytest.param("POST", "advance", b'{"seed": -1}', "seed", id="advance-seed-negative"),
+        pytest.param("POST", "advance", b'["seed"]', "seed", id="advance-an-array"),
     ],
 )
 def test_17_a_bad_control_body_is_a_400_that_says_what_is_wrong(server, method, path, body, named):

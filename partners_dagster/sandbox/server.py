@@ -546,7 +546,7 @@ class SandboxApi:
 
 
 def token_times_ok(iat: Any, exp: Any, now: float) -> bool:
-    """The real API's rule for a token's times: both numeric (NumericDate, not strings),
+    """The contract's rule for a token's times: both numeric (NumericDate, not strings),
     issued no later than ``IAT_LEEWAY_SECONDS`` from now, not yet expired, and living at
     most ``MAX_TOKEN_LIFETIME_SECONDS`` (so neither an iat long ago nor an exp years away
     passes). Our own ``TokenSource`` signs iat = now, exp = now + 90."""
