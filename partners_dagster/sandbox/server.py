@@ -3,26 +3,39 @@
 Serves the four endpoints of partners-api.md with the recorded shapes and headers,
 checks every JWT like the real API, and can inject faults (latency, 500s, 429s,
 dropped connections, slow responses, tokens rejected early) for tests and
-benchmarks. Control endpoints under ``/_sandbox`` (no auth; loopback only) expose
-request counts and let a test change faults or override a path's response.
+benchmarks. Control endpoints under ``/_sandbox`` expose request counts and let a test
+change faults or override a path's response; they want the server's control token in
+the ``X-Sandbox-Control-Token`` header (``SandboxServer.control`` sends it).
+
+The server listens on loopback only and answers only requests whose ``Host`` names a
+loopback address (127.0.0.0/8, ``localhost``, ``[::1]``): a web page that rebinds its own
+DNS name to 127.0.0.1 still sends its own name as ``Host`` and gets a 403.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import ipaddress
 import json
+import math
 import random
+import secrets
 import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from typing import Any
 
 import jwt
+import requests
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -34,6 +47,13 @@ DEFAULT_CONSUMER_SECRET = "sandbox-consumer-secret-not-for-production"
 
 OK_HEADERS = {"Cache-Control": "max-age=0, private, must-revalidate"}
 NOT_FOUND_HEADERS = {"Cache-Control": "no-cache"}
+
+CONTROL_TOKEN_HEADER = "X-Sandbox-Control-Token"
+# The real contract (partners-api.md): HS256, numeric iat and exp, a short lifetime.
+MAX_TOKEN_LIFETIME_SECONDS = 300
+# How far in the future an iat may lie: clocks of client and server differ a little.
+IAT_LEEWAY_SECONDS = 30
+FAULT_NAMES = ("token", "error", "rate_limit", "drop", "slow")
 
 
 @dataclass
@@ -58,6 +78,20 @@ class Faults:
     # path -> {"status": int, "content_type": str, "body": str}: answer this instead
     overrides: dict[str, dict] = field(default_factory=dict)
 
+    @classmethod
+    def from_json(cls, data: Any) -> Faults:
+        """Faults from a control request's JSON body; ``ValueError`` naming the field that is
+        wrong, so a bad body is the caller's 400 and never a failure at request time."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the faults must be a JSON object, not {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fault field(s) {unknown}; known: {sorted(known)}")
+        for name, value in data.items():
+            _check_fault_field(name, value)
+        return cls(**data)
+
     @property
     def any_random(self) -> bool:
         return any(
@@ -69,6 +103,130 @@ class Faults:
                 self.token_reject_rate,
             )
         )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_fault_field(name: str, value: Any) -> None:
+    def fail(expected: str) -> ValueError:
+        return ValueError(f"fault field {name!r} must be {expected}, not {value!r:.80}")
+
+    if name == "seed":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise fail("an integer")
+    elif name.endswith("_rate"):
+        if not _is_number(value) or not 0 <= value <= 1:
+            raise fail("a number from 0 to 1")
+    elif name in ("latency_ms", "retry_after_seconds", "slow_seconds"):
+        if not _is_number(value) or value < 0:
+            raise fail("a number of at least 0")
+    elif name == "script":
+        if not isinstance(value, list) or any(v not in FAULT_NAMES for v in value):
+            raise fail(f"a list of fault names from {list(FAULT_NAMES)}")
+    elif name == "failing_runs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of run UUID strings")
+    elif name == "overrides":
+        if not isinstance(value, dict):
+            raise fail('an object {path: {"status", "content_type", "body"}}')
+        for path, override in value.items():
+            if not isinstance(override, dict) or set(override) - {
+                "status",
+                "content_type",
+                "body",
+            }:
+                raise ValueError(
+                    f"override for {path!r:.80} must be an object with only "
+                    '"status", "content_type" and "body"'
+                )
+            status = override.get("status", 200)
+            if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+                raise ValueError(f"override for {path!r:.80}: status must be an HTTP status code")
+            for key in ("content_type", "body"):
+                if not isinstance(override.get(key, ""), str):
+                    raise ValueError(f"override for {path!r:.80}: {key} must be a string")
+
+
+def is_loopback_host(host_header: str | None) -> bool:
+    """Whether an HTTP ``Host`` header names loopback: ``localhost``, 127.0.0.0/8 or
+    ``[::1]``, with or without a port."""
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket:
+            return False
+    else:
+        name, _, rest = host.partition(":")
+        rest = f":{rest}" if _ else ""
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return False
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    # An IPv6 address must come in brackets, an IPv4 one must not.
+    return address.is_loopback and host.startswith("[") == (address.version == 6)
+
+
+class _LoopbackHostOnly:
+    """ASGI middleware: 403 for any request whose Host is not a loopback name (DNS rebinding)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host")
+            if not is_loopback_host(host):
+                response = PlainTextResponse(
+                    f"sandbox: the Host header {host!r:.100} is not a loopback name; "
+                    "this server answers only 127.0.0.1, localhost or [::1]\n",
+                    status_code=403,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _control(handler):
+    """A control endpoint: the control token is required, and a bad body is a 400."""
+
+    async def endpoint(self, request: Request) -> Response:
+        given = request.headers.get(CONTROL_TOKEN_HEADER, "").encode()
+        if not hmac.compare_digest(given, self.control_token.encode()):
+            return PlainTextResponse(
+                f"sandbox control: missing or wrong {CONTROL_TOKEN_HEADER} header "
+                "(`partners-dagster sandbox` prints the token; in-process, use "
+                "SandboxServer.control)\n",
+                status_code=401,
+            )
+        try:
+            return await handler(self, request)
+        except ValueError as error:
+            return PlainTextResponse(
+                f"sandbox control {request.method} {request.url.path}: {error}\n",
+                status_code=400,
+            )
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+async def _json_body(request: Request, *, empty: Any) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return empty
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"the body is not JSON ({error})") from None
 
 
 def _iso(epoch: int) -> str | None:
@@ -104,10 +262,19 @@ class SandboxApi:
         consumer_key: str = DEFAULT_CONSUMER_KEY,
         consumer_secret: str = DEFAULT_CONSUMER_SECRET,
         faults: Faults | None = None,
+        control_token: str | None = None,
     ):
+        """``control_token`` guards the ``/_sandbox`` endpoints; a random one when not given."""
+        if not consumer_key:
+            raise ValueError("the sandbox's consumer key must not be empty")
+        if not consumer_secret:
+            raise ValueError("the sandbox's consumer secret must not be empty")
+        if control_token is not None and not control_token:
+            raise ValueError("the sandbox's control token must not be empty")
         self.dataset = dataset
         self.consumer_key = consumer_key
         self.consumer_secret = consumer_secret
+        self.control_token = control_token or secrets.token_urlsafe(32)
         self.faults = faults or Faults()
         self._random = random.Random(self.faults.seed)
         self._lock = threading.Lock()
@@ -128,7 +295,8 @@ class SandboxApi:
                 Route("/_sandbox/stats/reset", self.reset_stats, methods=["POST"]),
                 Route("/_sandbox/faults", self.set_faults, methods=["GET", "PUT"]),
                 Route("/_sandbox/advance", self.advance, methods=["POST"]),
-            ]
+            ],
+            middleware=[Middleware(_LoopbackHostOnly)],
         )
 
     def _index_memberships(self) -> None:
@@ -146,6 +314,7 @@ class SandboxApi:
 
     # -- control ---------------------------------------------------------------------------
 
+    @_control
     async def stats(self, request: Request) -> Response:
         with self._lock:
             return JSONResponse(
@@ -155,25 +324,33 @@ class SandboxApi:
                 }
             )
 
+    @_control
     async def reset_stats(self, request: Request) -> Response:
         with self._lock:
             self.requests.clear()
             self.responses.clear()
         return JSONResponse({"ok": True})
 
+    @_control
     async def advance(self, request: Request) -> Response:
         """Move the data on to the next night (see ``dataset.advance_night``)."""
         from .dataset import advance_night
 
-        body = await request.json()
+        body = await _json_body(request, empty={})
+        if not isinstance(body, dict) or set(body) - {"seed"}:
+            raise ValueError('the body must be a JSON object {"seed": <integer>} or empty')
+        seed = body.get("seed", 1)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, not {seed!r:.80}")
         with self._lock:
-            changes = advance_night(self.dataset, int(body.get("seed", 1)))
+            changes = advance_night(self.dataset, seed)
             self._index_memberships()
         return JSONResponse(changes)
 
+    @_control
     async def set_faults(self, request: Request) -> Response:
         if request.method == "PUT":
-            self.faults = Faults(**(await request.json()))
+            self.faults = Faults.from_json(await _json_body(request, empty={}))
             self._random = random.Random(self.faults.seed)
         return JSONResponse(asdict(self.faults))
 
@@ -288,16 +465,22 @@ class SandboxApi:
             if len(self.tokens_seen) < 10_000:
                 self.tokens_seen.add(token)
         try:
-            jwt.decode(
+            claims = jwt.decode(
                 token,
                 self.consumer_secret,
                 algorithms=["HS256"],  # alg "none" or anything else is refused
                 issuer=self.consumer_key,
-                options={"require": ["iss", "iat", "exp"]},
+                # PyJWT would take "exp": "9999999999" (it calls int()); the times are
+                # checked below, as numbers only.
+                options={
+                    "require": ["iss", "iat", "exp"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.InvalidTokenError:
             return False
-        return True
+        return token_times_ok(claims.get("iat"), claims.get("exp"), time.time())
 
     # -- rendering -------------------------------------------------------------------------
 
@@ -362,22 +545,125 @@ class SandboxApi:
         )
 
 
+def token_times_ok(iat: Any, exp: Any, now: float) -> bool:
+    """The contract's rule for a token's times: both numeric (NumericDate, not strings),
+    issued no later than ``IAT_LEEWAY_SECONDS`` from now, not yet expired, and living at
+    most ``MAX_TOKEN_LIFETIME_SECONDS`` (so neither an iat long ago nor an exp years away
+    passes). Our own ``TokenSource`` signs iat = now, exp = now + 90."""
+    if not (_is_number(iat) and _is_number(exp)):
+        return False
+    return (
+        iat <= now + IAT_LEEWAY_SECONDS
+        and exp > now
+        and 0 < exp - iat <= MAX_TOKEN_LIFETIME_SECONDS
+    )
+
+
+class SandboxControlError(RuntimeError):
+    """A control request was refused; the message names the endpoint and the sandbox's reason."""
+
+
+class SandboxControl:
+    """Calls a running sandbox's ``/_sandbox`` endpoints with its control token.
+
+    ``SandboxServer.control`` makes one for an in-process server; for one started with
+    ``partners-dagster sandbox``, pass its URL and control token."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.trust_env = False  # loopback: never through a proxy
+
+    def _call(self, method: str, path: str, body: Any = None, timeout: float | None = None):
+        response = self._session.request(
+            method,
+            f"{self.url}/_sandbox/{path}",
+            json=body,
+            headers={CONTROL_TOKEN_HEADER: self._token},
+            timeout=timeout or self.timeout,
+        )
+        if response.status_code != 200:
+            raise SandboxControlError(
+                f"sandbox control {method} /_sandbox/{path} at {self.url}: HTTP "
+                f"{response.status_code}: {response.text.strip()[:300]}"
+            )
+        return response.json()
+
+    def stats(self) -> dict:
+        """``{"requests": {endpoint: n}, "responses": {"endpoint status": n}}``"""
+        return self._call("GET", "stats")
+
+    def reset_stats(self) -> None:
+        self._call("POST", "stats/reset")
+
+    def faults(self) -> dict:
+        return self._call("GET", "faults")
+
+    def set_faults(self, faults: Faults | dict | None = None, **fields: Any) -> dict:
+        """Replace the faults (``Faults`` or its fields; nothing given: no faults)."""
+        body = asdict(faults) if isinstance(faults, Faults) else dict(faults or {})
+        return self._call("PUT", "faults", {**body, **fields})
+
+    def advance(self, seed: int = 1, *, timeout: float = 120.0) -> dict:
+        """Move the data on one night; the changes made (a large dataset takes a while)."""
+        return self._call("POST", "advance", {"seed": seed}, timeout=timeout)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __repr__(self) -> str:  # never show the token
+        return f"SandboxControl({self.url!r})"
+
+
+def _loopback_family(host: str) -> socket.AddressFamily:
+    if host == "localhost":
+        return socket.AF_INET
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        raise ValueError(
+            f"the sandbox listens on loopback only (127.0.0.0/8, localhost or ::1), not {host!r}"
+        )
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
 class SandboxServer:
-    """Runs a ``SandboxApi`` with uvicorn on a loopback port, in a background thread."""
+    """Runs a ``SandboxApi`` with uvicorn on a loopback port, in a background thread.
+
+    ``control`` calls its control endpoints with its ``control_token``."""
 
     def __init__(self, api: SandboxApi, host: str = "127.0.0.1", port: int = 0):
         self.api = api
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = _loopback_family(host)
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+        self._socket.bind((host.strip("[]"), port))
         self.host, self.port = self._socket.getsockname()[:2]
-        config = uvicorn.Config(api.app, log_level="critical", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            api.app, log_level="critical", access_log=False, lifespan="off", proxy_headers=False
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        self._control: SandboxControl | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def control_token(self) -> str:
+        return self.api.control_token
+
+    @property
+    def control(self) -> SandboxControl:
+        if self._control is None:
+            self._control = SandboxControl(self.url, self.api.control_token)
+        return self._control
 
     def start(self) -> SandboxServer:
         self._thread = threading.Thread(
@@ -399,6 +685,8 @@ class SandboxServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._socket.close()
+        if self._control is not None:
+            self._control.close()
 
     def __enter__(self) -> SandboxServer:
         return self.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from sqlalchemy import func, inspect, select
 from .. import settings
 from ..defs.constants import DEFINITIONS_MODULE, NIGHTLY_JOBS
 from ..partners_api.client import ENDPOINTS
-from ..sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, generate
+from ..sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, SandboxControl, generate
 from ..sandbox.seed import seed_from_dataset
 from ..steps.progress_update import ProgressCounts
 from ..teachcomputing.engine import make_engine
@@ -31,6 +32,8 @@ from ..teachcomputing.models import OWN, WEBSITE
 from ..teachcomputing.repository import TeachComputingRepository
 from ..teachcomputing.schema import create_teachcomputing_tables
 from .local_instance import local_dagster_home
+
+CONTROL_TOKEN = secrets.token_urlsafe(32)  # for the sandbox's /_sandbox endpoints
 
 
 def start_sandbox(scale: str, seed: int, latency_ms: float) -> tuple[subprocess.Popen, str]:
@@ -45,7 +48,8 @@ def start_sandbox(scale: str, seed: int, latency_ms: float) -> tuple[subprocess.
         scale,
     ]
     command += ["--seed", str(seed), "--latency-ms", str(latency_ms)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PARTNERS_SANDBOX_CONTROL_TOKEN": CONTROL_TOKEN}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     for line in process.stdout:
         if line.startswith("FL_PARTNERS_URL="):
             return process, line.split("=", 1)[1].strip()
@@ -261,9 +265,7 @@ def run_bench(
     try:
         for night in ("first", "steady"):
             if night == "steady":
-                changes = requests.post(
-                    f"{url}/_sandbox/advance", json={"seed": seed + 1}, timeout=120
-                ).json()
+                changes = SandboxControl(url, CONTROL_TOKEN).advance(seed + 1)
                 say(f"advanced the sandbox one night: {changes}")
                 # A day later the 5-hour response cache has expired.
                 for stale in workdir.glob("partners_api_cache.sqlite3*"):
@@ -272,11 +274,11 @@ def run_bench(
             floor_seconds = floor(url, paths, concurrency)
             results = {"floor": {"requests": len(paths), "seconds": floor_seconds}}
             for job in NIGHTLY_JOBS:
-                requests.post(f"{url}/_sandbox/stats/reset", timeout=10)
+                SandboxControl(url, CONTROL_TOKEN).reset_stats()
                 measured = run_job(job, env)
-                measured["network_requests"] = requests.get(
-                    f"{url}/_sandbox/stats", timeout=10
-                ).json()["requests"]
+                measured["network_requests"] = SandboxControl(url, CONTROL_TOKEN).stats()[
+                    "requests"
+                ]
                 if measured["ok"]:
                     measured.update(run_metadata(workdir / "dagster_home", job))
                     if measured["first_step_at"]:

@@ -34,6 +34,12 @@ def main() -> None:
 @click.option(
     "--token-reject-rate", default=0.0, type=float, help="Share of valid tokens refused (401)."
 )
+@click.option(
+    "--control-token",
+    envvar="PARTNERS_SANDBOX_CONTROL_TOKEN",
+    default=None,
+    help="Token for the /_sandbox control endpoints (default: a random one, printed).",
+)
 def sandbox(
     host,
     port,
@@ -46,6 +52,7 @@ def sandbox(
     rate_limit_rate,
     drop_rate,
     token_reject_rate,
+    control_token,
 ) -> None:
     """Serve a local Partners API sandbox with generated data."""
     import time
@@ -79,8 +86,11 @@ def sandbox(
         consumer_key=consumer_key or DEFAULT_CONSUMER_KEY,
         consumer_secret=consumer_secret or DEFAULT_CONSUMER_SECRET,
         faults=faults,
+        control_token=control_token,
     )
     server = SandboxServer(api, host, port).start()
+    if not control_token:
+        click.echo(f"PARTNERS_SANDBOX_CONTROL_TOKEN={server.control_token}")
     click.echo(f"FL_PARTNERS_URL={server.url}")
     click.echo(
         f"FL_PARTNERS_CONSUMER_KEY={api.consumer_key}  (secret: the configured or sandbox default)"
