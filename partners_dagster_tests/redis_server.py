@@ -34,18 +34,23 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process bound to 127.0.0.1; ``start``/``stop`` may be repeated."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, password: str | None = None):
         if REDIS_SERVER is None:
             raise RuntimeError(REDIS_SERVER_MISSING)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.password = password
         self.process: subprocess.Popen | None = None
         self.log_path = self.directory / "redis.log"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for_db(0)
+
+    def url_for_db(self, db: int) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     @property
     def running(self) -> bool:
@@ -66,6 +71,8 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.log_path),
         ]  # fmt: skip
+        if self.password:
+            command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -106,8 +113,9 @@ class RedisServer:
     def _answers_ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                # Without AUTH a password-protected server answers -NOAUTH: it is up all the same.
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
