@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from .sidekiq import payload
+
 SOURCE = "partners_dagster"
 PASS_MARK = 60  # progress at which a course counts as complete
 
@@ -299,9 +301,6 @@ CS_ACCELERATOR = "cs-accelerator"
 EMAIL_CATEGORIES = frozenset({"face-to-face", "online"})
 QUEUE = "default"
 NIGHT_ZONE = ZoneInfo("Europe/London")
-# ActiveJob 6.1 marks a hash passed as keyword arguments with this key (its symbol keys).
-RUBY2_KEYWORDS = "_aj_ruby2_keywords"
-GLOBALID = "_aj_globalid"
 
 
 @dataclass(frozen=True)
@@ -309,9 +308,6 @@ class Programme:
     id: str
     slug: str
     type: str | None  # Rails STI class, e.g. Programmes::PrimaryCertificate; None: Programme
-
-    def global_id(self, app: str) -> str:
-        return f"gid://{app}/{self.type or 'Programme'}/{self.id}"
 
 
 @dataclass(frozen=True)
@@ -325,11 +321,6 @@ class FollowUpJob:
     achievement_id: str | None = None
     user_id: str | None = None
     queue: str = QUEUE
-
-
-def keywords(**values: Any) -> dict[str, Any]:
-    """Keyword arguments as ActiveJob 6.1 serializes them (``perform_later(x: 1)``)."""
-    return {**values, RUBY2_KEYWORDS: list(values)}
 
 
 def completion_jobs(
@@ -359,18 +350,28 @@ def completion_jobs(
     slug = programme.slug if programme else None
     jobs = []
     if programme is not None and slug in CERTIFICATE_PROGRAMMES:
-        arguments = [
-            {GLOBALID: programme.global_id(globalid_app)},
-            user_id,
-            keywords(source=SOURCE),
-        ]
-        jobs.append(job("CertificatePendingTransitionJob", arguments, now + timedelta(minutes=1)))
+        arguments = payload.certificate_pending_transition_arguments(
+            programme_type=programme.type,
+            programme_id=programme.id,
+            user_id=user_id,
+            source=SOURCE,
+            globalid_app=globalid_app,
+        )
+        jobs.append(
+            job(payload.CERTIFICATE_PENDING_TRANSITION_JOB, arguments, now + timedelta(minutes=1))
+        )
     if slug == CS_ACCELERATOR:
-        jobs.append(job("AssessmentEligibilityJob", [user_id], now))
-    jobs.append(job("IssueBadgeJob", [achievement_id], now + timedelta(minutes=2)))
-    jobs.append(job("CSAccelerator::CheckNextStepsJob", [achievement_id], now + timedelta(days=2)))
+        arguments = payload.assessment_eligibility_arguments(user_id=user_id)
+        jobs.append(job(payload.ASSESSMENT_ELIGIBILITY_JOB, arguments, now))
+    arguments = payload.issue_badge_arguments(achievement_id=achievement_id)
+    jobs.append(job(payload.ISSUE_BADGE_JOB, arguments, now + timedelta(minutes=2)))
+    arguments = payload.check_next_steps_arguments(achievement_id=achievement_id)
+    jobs.append(job(payload.CHECK_NEXT_STEPS_JOB, arguments, now + timedelta(days=2)))
     if category in EMAIL_CATEGORIES:
-        jobs.append(job("CompleteAchievementEmailJob", [user_id, activity_id], now))
+        arguments = payload.complete_achievement_email_arguments(
+            user_id=user_id, activity_id=activity_id
+        )
+        jobs.append(job(payload.COMPLETE_ACHIEVEMENT_EMAIL_JOB, arguments, now))
     return jobs
 
 
@@ -388,10 +389,10 @@ def auto_enrol_job(
     if programme is None or programme.slug != CS_ACCELERATOR or has_csa_enrolment:
         return None
     night = now.astimezone(NIGHT_ZONE).date().isoformat()
-    job_class = "CSAccelerator::AutoEnrolJob"
+    job_class = payload.AUTO_ENROL_JOB
     return FollowUpJob(
         job_class,
-        [keywords(achievement_id=achievement_id)],
+        payload.auto_enrol_arguments(achievement_id=achievement_id),
         now,
         f"{job_class}:{achievement_id}:{night}",
         achievement_id=achievement_id,

@@ -13,17 +13,21 @@ from hypothesis import strategies as st
 from partners_dagster.rules import (
     Enrolment,
     InvalidRatioError,
+    Programme,
     ProgrammeEnrolment,
     State,
-    follow_up_jobs,
+    auto_enrol_job,
+    completion_jobs,
     latest_enrolment,
     match_user,
     next_achievement,
+    normalise_email,
     pick_latest_enrolment_rows,
     programme_for_new_achievement,
     progress_from_ratio,
     progress_from_ratios,
     transition_metadata,
+    user_ids_by_email,
 )
 
 T0 = datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
@@ -83,7 +87,7 @@ def test_column_progress_matches_the_scalar_rule():
 # -- matching -------------------------------------------------------------------------------
 
 USERS = {ALICE, BOB}
-EMAILS = {"alice.a@school.org": ALICE, "b_b@school.org": BOB}
+EMAILS = user_ids_by_email([ALICE, BOB], ["Alice.A@school.org", "b_b@school.org"])
 
 
 @pytest.mark.parametrize(
@@ -113,13 +117,64 @@ def test_external_learner_id_matches_by_id_then_exact_email(external_id, user_id
 
 
 def test_an_id_of_one_user_and_email_of_another_is_ambiguous_not_guessed():
-    emails = {ALICE: BOB}  # Bob's email address is, absurdly, Alice's id
+    emails = {ALICE: [BOB]}  # Bob's email address is, absurdly, Alice's id
     match = match_user(ALICE, USERS, emails)
     assert (match.user_id, match.matched_by, set(match.candidates)) == (
         None,
         "ambiguous",
         {ALICE, BOB},
     )
+
+
+@pytest.mark.parametrize(
+    ("stored", "external_id"),
+    [
+        # Hardening item 9: emails that differ only by surrounding spaces, or by a capital
+        # that only Unicode case-folding equates, name two users.
+        (["jo@school.org", " jo@school.org "], "jo@school.org"),
+        (["ÉLODIE@school.org", "élodie@school.org"], "Élodie@School.org"),
+        (["STRASSE@school.org", "strasse@school.org"], "straße@school.org"),
+    ],
+)
+def test_an_email_two_users_share_after_folding_is_ambiguous(stored, external_id):
+    emails = user_ids_by_email([ALICE, BOB], stored)
+    match = match_user(external_id, USERS, emails)
+    assert (match.user_id, match.matched_by, set(match.candidates)) == (
+        None,
+        "ambiguous",
+        {ALICE, BOB},
+    )
+
+
+def test_emails_fold_with_python_casefold_not_sql_lower():
+    assert normalise_email("  İnci@School.org ") == normalise_email("i̇nci@school.org")
+    assert normalise_email("STRASSE@x.org") == normalise_email("straße@x.org")
+
+
+def test_users_without_an_email_are_matched_by_id_only():
+    emails = user_ids_by_email([ALICE, BOB], [None, "  "])
+    assert emails == {}
+    assert match_user(ALICE, USERS, emails).user_id == ALICE
+
+
+def test_forgotten_users_are_never_matched():
+    from partners_dagster.steps.membership_matching import match_memberships
+
+    memberships = pd.DataFrame(
+        {
+            "membership_uuid": ["m1", "m2"],
+            "learner_uuid": ["l1", "l2"],
+            "external_learner_id": [ALICE, "b_b@school.org"],
+            "fetch_status": ["found", "found"],
+            "error": [None, None],
+        }
+    )
+    users = pd.DataFrame(
+        {"id": [ALICE, BOB], "email": [None, "b_b@school.org"], "forgotten": [True, False]}
+    )
+    matches = match_memberships(memberships, users)
+    assert matches.links.values.tolist() == [["m2", BOB, "email"]]
+    assert matches.unmatched["membership_uuid"].tolist() == ["m1"]
 
 
 # -- latest enrolment ------------------------------------------------------------------------
@@ -244,15 +299,18 @@ def test_any_sequence_never_lowers_progress_never_leaves_complete_and_is_idempot
 
 
 def test_transition_metadata():
-    common = {"dagster_run_id": "run-1", "run_uuid": RUN_A, "membership_uuid": M1, "credit": 20}
+    common = {"dagster_run_id": "run-1", "run_uuid": RUN_A, "membership_uuid": M1, "credit": 20.0}
     complete = transition_metadata(C, left_at=None, **common)
     assert complete == {
         "source": "partners_dagster",
         "dagster_run_id": "run-1",
         "future_learn_run_uuid": RUN_A,
         "future_learn_membership_uuid": M1,
-        "credit": 20,
+        "credit": 20.0,
     }
+    # The activity's credit as stored: the website's column is a nullable float.
+    unset = transition_metadata(C, left_at=None, **(common | {"credit": None}))
+    assert "credit" in unset and unset["credit"] is None
     dropped = transition_metadata(D, left_at=T0, **common)
     assert dropped["left_at"] == "2027-01-10T09:00:00+00:00" and "credit" not in dropped
     assert "credit" not in transition_metadata(P, left_at=None, **common)
@@ -279,7 +337,7 @@ PRIMARY, SECONDARY = "p1", "p2"
             [PRIMARY, SECONDARY],
             [
                 ProgrammeEnrolment(PRIMARY, T0),
-                ProgrammeEnrolment(SECONDARY, T0 + timedelta(1), T0 + timedelta(2)),
+                ProgrammeEnrolment(SECONDARY, T0 + timedelta(1), "unenrolled"),
             ],
             PRIMARY,
         ),
@@ -292,25 +350,95 @@ def test_programme_of_a_new_achievement(programmes, enrolments, expected):
 
 # -- follow-up jobs ---------------------------------------------------------------------------
 
+PROGRAMMES = {
+    "primary-certificate": Programme(
+        "p-1", "primary-certificate", "Programmes::PrimaryCertificate"
+    ),
+    "secondary-certificate": Programme("p-2", "secondary-certificate", None),
+    "cs-accelerator": Programme("p-3", "cs-accelerator", "Programmes::CSAccelerator"),
+    "i-belong": Programme("p-4", "i-belong", None),
+}
 
-@pytest.mark.parametrize("slug", ["primary-certificate", "secondary-certificate"])
-def test_certificate_completion_queues_one_pending_transition_job(slug):
-    (job,) = follow_up_jobs(slug, ALICE, "ach-1", T0)
-    assert job.job_class == "CertificatePendingTransitionJob"
-    assert job.arguments == {"programme_slug": slug, "user_id": ALICE, "source": "partners_dagster"}
+
+def _completion(slug, category=None):
+    return completion_jobs(
+        programme=PROGRAMMES.get(slug),
+        category=category,
+        user_id=ALICE,
+        activity_id="act-1",
+        achievement_id="ach-1",
+        now=T0,
+        globalid_app="teach-computing",
+    )
+
+
+@pytest.mark.parametrize(
+    ("slug", "gid"),
+    [
+        ("primary-certificate", "gid://teach-computing/Programmes::PrimaryCertificate/p-1"),
+        ("secondary-certificate", "gid://teach-computing/Programme/p-2"),  # type is null
+    ],
+)
+def test_certificate_completion_queues_a_pending_transition_job_with_the_programme(slug, gid):
+    jobs = {job.job_class: job for job in _completion(slug)}
+    job = jobs["CertificatePendingTransitionJob"]
+    assert job.arguments == [
+        {"_aj_globalid": gid},
+        ALICE,
+        {"source": "partners_dagster", "_aj_ruby2_keywords": ["source"]},
+    ]
     assert job.run_at == T0 + timedelta(minutes=1)
     assert job.dedup_key == "CertificatePendingTransitionJob:ach-1:complete"
 
 
-def test_cs_accelerator_completion_queues_assessment_eligibility():
-    (job,) = follow_up_jobs("cs-accelerator", ALICE, "ach-2", T0)
-    assert (job.job_class, job.arguments, job.run_at) == (
-        "AssessmentEligibilityJob",
-        {"user_id": ALICE},
-        T0,
+def test_every_completion_queues_a_badge_and_next_steps_and_the_programme_its_own():
+    table = {
+        slug: sorted((j.job_class, j.run_at - T0) for j in _completion(slug))
+        for slug in [None, "i-belong", "cs-accelerator", "primary-certificate"]
+    }
+    badge = ("IssueBadgeJob", timedelta(minutes=2))
+    next_steps = ("CSAccelerator::CheckNextStepsJob", timedelta(days=2))
+    assert table[None] == table["i-belong"] == sorted([badge, next_steps])
+    assert table["cs-accelerator"] == sorted(
+        [("AssessmentEligibilityJob", timedelta(0)), badge, next_steps]
     )
+    assert table["primary-certificate"] == sorted(
+        [("CertificatePendingTransitionJob", timedelta(minutes=1)), badge, next_steps]
+    )
+    args = {j.job_class: j.arguments for j in _completion("cs-accelerator")}
+    assert args["AssessmentEligibilityJob"] == [ALICE]
+    assert args["IssueBadgeJob"] == args["CSAccelerator::CheckNextStepsJob"] == ["ach-1"]
 
 
-@pytest.mark.parametrize("slug", [None, "i-belong"])
-def test_other_programmes_queue_nothing(slug):
-    assert follow_up_jobs(slug, ALICE, "ach-3", T0) == []
+@pytest.mark.parametrize(
+    ("category", "emailed"), [("face-to-face", True), ("online", True), (None, False), ("x", False)]
+)
+def test_a_completion_email_for_face_to_face_and_online_activities(category, emailed):
+    jobs = {j.job_class: j for j in _completion(None, category)}
+    assert ("CompleteAchievementEmailJob" in jobs) is emailed
+    if emailed:
+        assert jobs["CompleteAchievementEmailJob"].arguments == [ALICE, "act-1"]
+        assert jobs["CompleteAchievementEmailJob"].run_at == T0
+
+
+@pytest.mark.parametrize(
+    ("slug", "has_csa_enrolment", "queued"),
+    [("cs-accelerator", False, True), ("cs-accelerator", True, False), ("i-belong", False, False)],
+)
+def test_auto_enrol_is_for_csa_achievements_of_users_without_a_csa_enrolment(
+    slug, has_csa_enrolment, queued
+):
+    job = auto_enrol_job(
+        programme=PROGRAMMES[slug],
+        achievement_id="ach-9",
+        user_id=ALICE,
+        has_csa_enrolment=has_csa_enrolment,
+        now=T0,
+    )
+    assert (job is not None) is queued
+    if queued:
+        # perform_later(achievement_id: ...): a keyword, once per achievement per night.
+        assert job.arguments == [
+            {"achievement_id": "ach-9", "_aj_ruby2_keywords": ["achievement_id"]}
+        ]
+        assert job.dedup_key == "CSAccelerator::AutoEnrolJob:ach-9:2027-01-10"
