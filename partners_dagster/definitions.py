@@ -53,6 +53,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """The definitions; ``resources`` replaces the ones built from the environment (tests
     and tools pass their own)."""
     from .defs.api_assets import course_enrolments, course_runs
+    from .defs.follow_up_assets import follow_up_jobs
     from .defs.jobs import update_memberships_job, update_progress_job
     from .defs.membership_assets import membership_links, organisation_memberships
     from .defs.progress_assets import achievement_progress, latest_enrolments
@@ -66,6 +67,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             membership_links,
             latest_enrolments,
             achievement_progress,
+            follow_up_jobs,
         ],
         jobs=[update_memberships_job, update_progress_job],
         schedules=[update_memberships_schedule, update_progress_schedule],

@@ -69,6 +69,7 @@ class Night:
         database_url: str | None = None,
         ignored_course_uuids: str = "",
         cache: bool = True,
+        sidekiq_redis_url: str | None = None,
         **api_options,
     ):
         self.dataset = dataset
@@ -91,7 +92,7 @@ class Night:
                 **{"max_attempts": 3, "backoff_initial_seconds": 0.01, **api_options},
             ),
             "teachcomputing_db": TeachComputingDatabaseResource(database_url=self.database_url),
-            "sidekiq": SidekiqResource(globalid_app=GLOBALID_APP),
+            "sidekiq": SidekiqResource(redis_url=sidekiq_redis_url, globalid_app=GLOBALID_APP),
         }
         self.defs = build_definitions(self.resources)
         self._dagster_home = tempfile.TemporaryDirectory(dir=workdir)

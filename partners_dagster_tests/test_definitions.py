@@ -85,6 +85,7 @@ def test_assets_and_their_group():
         "membership_links",
         "latest_enrolments",
         "achievement_progress",
+        "follow_up_jobs",
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).group_name == "futurelearn_partners"
@@ -107,6 +108,7 @@ def test_jobs_select_their_steps():
         "course_enrolments",
         "latest_enrolments",
         "achievement_progress",
+        "follow_up_jobs",
     }
 
 
@@ -127,7 +129,7 @@ def test_schedules():
 
 def test_resources_and_their_secrets_come_from_the_environment():
     resources = defs.resources
-    assert set(resources) >= {"partners_api", "teachcomputing_db"}
+    assert set(resources) >= {"partners_api", "teachcomputing_db", "sidekiq"}
     api = resources["partners_api"]
     assert api.consumer_secret == dg.EnvVar("FL_PARTNERS_CONSUMER_SECRET")
     assert api.consumer_key == dg.EnvVar("FL_PARTNERS_CONSUMER_KEY")

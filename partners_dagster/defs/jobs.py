@@ -22,9 +22,13 @@ update_memberships_job = dg.define_asset_job(
 
 update_progress_job = dg.define_asset_job(
     name=PROGRESS_JOB,
-    description="Step 2: update each linked teacher's course progress, achievements and follow-up jobs.",
+    description="Step 2: update each linked teacher's course progress and achievements, then hand the follow-up jobs to the website's Sidekiq.",
     selection=dg.AssetSelection.assets(
-        "course_runs", "course_enrolments", "latest_enrolments", "achievement_progress"
+        "course_runs",
+        "course_enrolments",
+        "latest_enrolments",
+        "achievement_progress",
+        "follow_up_jobs",
     ),
     tags=API_TAGS,
     executor_def=dg.in_process_executor,

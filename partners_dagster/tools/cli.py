@@ -140,6 +140,56 @@ def audit(user: str, show_emails: bool, database_url: str | None) -> None:
     click.echo(format_audit(found, show_emails=show_emails))
 
 
+database_url_option = click.option(
+    "--database-url",
+    envvar="TEACHCOMPUTING_DATABASE_URL",
+    default=None,
+    help="SQLAlchemy URL (default: TEACHCOMPUTING_DATABASE_URL, else SQLite under PARTNERS_DAGSTER_DATA).",
+)
+
+
+def _repository(database_url: str | None):
+    from .. import settings
+    from ..settings import ConfigurationError
+    from ..teachcomputing.engine import make_engine
+    from ..teachcomputing.repository import TeachComputingRepository
+
+    try:
+        return TeachComputingRepository(make_engine(database_url or settings.database_url()))
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option("--pending", is_flag=True, help="Only the jobs not yet delivered to Sidekiq.")
+@database_url_option
+def outbox(pending: bool, database_url: str | None) -> None:
+    """The follow-up jobs for the website's Sidekiq: each row, and counts per job class."""
+    import pandas as pd
+
+    from ..steps.follow_up_delivery import outbox_counts
+
+    rows = _repository(database_url).outbox(pending_only=pending)
+    for row in rows.itertuples(index=False):
+        delivered = pd.notna(row.dispatched_at)
+        state = (
+            f"delivered {row.dispatched_at:%Y-%m-%d %H:%M} jid {row.jid}"
+            if delivered
+            else "waiting"
+        )
+        click.echo(
+            f"{row.id:>8}  {row.job_class:<36} run_at {row.run_at:%Y-%m-%d %H:%M}  {state}  "
+            f"achievement {row.achievement_id or '-'}"
+        )
+    counts = outbox_counts(rows)
+    click.echo("")
+    for row in counts.itertuples(index=False):
+        click.echo(f"{row.job_class:<36} delivered {row.delivered}  waiting {row.waiting}")
+    click.echo(
+        f"{'all':<36} delivered {int(counts['delivered'].sum())}  waiting {int(counts['waiting'].sum())}"
+    )
+
+
 @main.command()
 @scale_option
 @seed_option

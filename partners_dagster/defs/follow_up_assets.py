@@ -1,0 +1,56 @@
+"""The last step of update_progress_job: follow-up jobs reach the website's Sidekiq."""
+
+import dagster as dg
+
+from ..sidekiq.resource import SidekiqResource
+from ..steps.follow_up_delivery import MAX_WAIT, RepositoryOutboxStore
+from ..teachcomputing.models import utcnow
+from ..teachcomputing.resource import TeachComputingDatabaseResource
+from .constants import GROUP
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python", "redis"},
+    deps=["achievement_progress"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "outbox_drained",
+            asset="follow_up_jobs",
+            description="No follow-up job has waited in the outbox for more than a day.",
+        )
+    ],
+)
+def follow_up_jobs(
+    context: dg.AssetExecutionContext,
+    teachcomputing_db: TeachComputingDatabaseResource,
+    sidekiq: SidekiqResource,
+) -> dg.MaterializeResult:
+    """Delivers every undelivered outbox row (earlier nights' included) to the website's
+    Sidekiq, exactly as Rails 6.1's ActiveJob Sidekiq adapter enqueues it, each once. Without
+    TEACHCOMPUTING_SIDEKIQ_REDIS_URL the jobs wait in the outbox and are counted."""
+    result = sidekiq.deliver(RepositoryOutboxStore(teachcomputing_db.repository()), now=utcnow())
+    if not sidekiq.configured and result.waiting:
+        context.log.warning(
+            f"{result.waiting} follow-up job(s) wait in the outbox: "
+            "TEACHCOMPUTING_SIDEKIQ_REDIS_URL is not set"
+        )
+    oldest = result.oldest_waiting_age
+    return dg.MaterializeResult(
+        metadata={
+            "delivered": result.delivered_total,
+            "delivered_by_job_class": dg.MetadataValue.json(result.delivered),
+            "recovered_from_an_interrupted_run": result.recovered,
+            "waiting": result.waiting,
+            "oldest_waiting_hours": round(oldest.total_seconds() / 3600, 2) if oldest else 0.0,
+            "sidekiq_configured": sidekiq.configured,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="outbox_drained",
+                passed=oldest is None or oldest <= MAX_WAIT,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"waiting": result.waiting},
+            )
+        ],
+    )

@@ -1,0 +1,57 @@
+"""The last step of a night: hand the outbox's follow-up jobs to the website's Sidekiq.
+The outbox table as delivery's store, and the counts operators read. No Dagster."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+from ..sidekiq.payload import OutboxRow
+from ..teachcomputing.repository import TeachComputingRepository
+
+# A row that has waited longer than this is a failing delivery an operator must hear about.
+MAX_WAIT = timedelta(days=1)
+
+
+class RepositoryOutboxStore:
+    """``partners_dagster_outbox`` as delivery's ``OutboxStore``: each call commits."""
+
+    def __init__(self, repository: TeachComputingRepository):
+        self.repository = repository
+
+    def pending_rows(self) -> Sequence[OutboxRow]:
+        pending = self.repository.outbox(pending_only=True)
+        return [
+            OutboxRow(
+                id=int(row.id),
+                job_class=row.job_class,
+                arguments=list(row.arguments),
+                run_at=row.run_at,
+                created_at=row.created_at,
+                queue=row.queue,
+                jid=row.jid if isinstance(row.jid, str) else None,
+            )
+            for row in pending.itertuples(index=False)
+        ]
+
+    def assign_jid(self, row_id: int, jid: str) -> None:
+        stored = self.repository.assign_jid(row_id, jid)
+        if stored != jid:  # another delivery run got there first: never push twice
+            raise RuntimeError(f"outbox row {row_id} already has jid {stored}")
+
+    def mark_dispatched(self, row_id: int, dispatched_at: datetime) -> None:
+        self.repository.mark_dispatched([row_id], dispatched_at)
+
+
+def outbox_counts(outbox: pd.DataFrame) -> pd.DataFrame:
+    """Per job class: rows delivered and rows waiting (for the ``outbox`` command)."""
+    if outbox.empty:
+        return pd.DataFrame(columns=["job_class", "delivered", "waiting"])
+    waiting = outbox["dispatched_at"].isna()
+    return (
+        outbox.assign(delivered=~waiting, waiting=waiting)
+        .groupby("job_class", as_index=False)[["delivered", "waiting"]]
+        .sum()
+    )
