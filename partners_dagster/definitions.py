@@ -52,6 +52,7 @@ def build_resources() -> dict:
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """The definitions; ``resources`` replaces the ones built from the environment (tests
     and tools pass their own)."""
+    from .defs.alerts import alert_definitions
     from .defs.api_assets import course_enrolments, course_runs
     from .defs.follow_up_assets import follow_up_jobs
     from .defs.jobs import update_memberships_job, update_progress_job
@@ -59,6 +60,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     from .defs.progress_assets import achievement_progress, latest_enrolments
     from .defs.schedules import update_memberships_schedule, update_progress_schedule
 
+    alerts = alert_definitions()
     return dg.Definitions(
         assets=[
             course_runs,
@@ -71,6 +73,8 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         ],
         jobs=[update_memberships_job, update_progress_job],
         schedules=[update_memberships_schedule, update_progress_schedule],
+        sensors=alerts["sensors"],
+        asset_checks=alerts["asset_checks"],
         resources=resources if resources is not None else build_resources(),
     )
 

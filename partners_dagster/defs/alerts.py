@@ -23,13 +23,12 @@ from datetime import timedelta
 
 import dagster as dg
 
-from .constants import DEGRADED_TAG
+from .constants import DEGRADED_TAG, PROGRESS_JOB
 
 FRESHNESS_ASSET = dg.AssetKey("achievement_progress")
 # Step 2 runs every night between 02:30 and 05:45; 26 hours leaves room for a late night
 # without letting a whole missed night pass unnoticed.
 FRESHNESS_LIMIT = timedelta(hours=26)
-PROGRESS_JOB = "update_progress_job"
 SLACK_API_URL = "https://slack.com/api/"
 # Sentry delivers from a background thread; a run pod may exit right after the asset, so each
 # report waits (at most this long) for its events to leave.

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from ..partners_api import UnauthorizedError
 from ..partners_api.resource import PartnersApiResource
 from ..steps.course_reports import (
     course_runs_frame,
@@ -10,7 +11,8 @@ from ..steps.course_reports import (
     unknown_courses,
 )
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import GROUP
+from .alerts import report_auth_failure, report_unknown_courses
+from .constants import GROUP, MEMBERSHIPS_JOB
 from .metadata import request_tally, table
 
 
@@ -39,13 +41,20 @@ def course_runs(
     course (an activity holds its UUID) or has asked to ignore it."""
     client = partners_api.client
     with request_tally(client) as requests:
-        runs, rejections = client.course_runs()
+        try:
+            runs, rejections = client.course_runs()
+        except UnauthorizedError as error:
+            report_auth_failure(error, endpoint="course_runs", run_id=context.run.run_id)
+            raise
     catalogue = teachcomputing_db.repository().catalogue()
     frame = course_runs_frame(
         runs, catalogue.activities["course_uuid"], partners_api.ignored_courses, rejections
     )
     unknown = unknown_courses(frame)
     courses = frame[frame["malformed"].isna()].drop_duplicates("course_uuid")
+    if not unknown.empty and context.job_def.name == MEMBERSHIPS_JOB:
+        # Step 1 reports unknown courses (to Sentry too, when set); step 2 does not again.
+        report_unknown_courses(unknown["title"], run_id=context.run.run_id)
     if not unknown.empty:
         context.log.warning(
             f"{len(unknown)} FutureLearn course(s) unknown to Teach Computing: {', '.join(unknown['title'])}"
