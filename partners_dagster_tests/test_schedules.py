@@ -103,6 +103,18 @@ def test_waits_naming_the_run_while_step_one_is_queued_or_running(instance, stat
     )
 
 
+@pytest.mark.parametrize("status", [S.STARTED, S.QUEUED])
+def test_the_newest_step_one_run_decides_not_an_earlier_success(instance, status):
+    # Hardening item 19: a manual step-1 run succeeded after midnight, then the scheduled
+    # one started. Progress must wait for the newest, not launch on the earlier success.
+    today = datetime.now(LONDON).date().isoformat()
+    add_run(instance, "update_memberships_job", S.SUCCESS, None, "manual-after-midnight")
+    add_run(instance, "update_memberships_job", status, today, "scheduled-run")
+    result = tick(instance, at(3, 0, day=today))
+    assert isinstance(result, dg.SkipReason)
+    assert rid("scheduled-run") in result.skip_message
+
+
 @pytest.mark.parametrize("status", [S.FAILURE, None])
 def test_after_failure_or_no_run_it_waits_then_launches_degraded_at_the_last_tick(instance, status):
     if status:

@@ -56,10 +56,11 @@ def progress_run_decision(
         )
     last_tick = local.time() >= LAST_TICK
     tags = {NIGHT_TAG: night}
-    succeeded = next((r for r in step_one_runs if r.status == dg.DagsterRunStatus.SUCCESS), None)
-    if succeeded is not None:
-        return dg.RunRequest(run_key=night, tags={**tags, MEMBERSHIPS_RUN_TAG: succeeded.run_id})
+    # The newest memberships run decides: an earlier run that succeeded (a manual run after
+    # midnight, say) says nothing about the links the newest one is still writing.
     newest = step_one_runs[0] if step_one_runs else None
+    if newest is not None and newest.status == dg.DagsterRunStatus.SUCCESS:
+        return dg.RunRequest(run_key=night, tags={**tags, MEMBERSHIPS_RUN_TAG: newest.run_id})
     if newest is not None and newest.status in IN_PROGRESS:
         if not last_tick:
             return dg.SkipReason(
