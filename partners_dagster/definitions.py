@@ -36,6 +36,7 @@ def build_resources() -> dict:
             ignored_course_uuids=settings.ignored_course_uuids_text(),
             max_concurrency=settings.max_concurrency(),
             membership_refresh_days=settings.membership_refresh_days(),
+            allow_insecure_http=settings.allow_insecure_http(),
         ),
         "teachcomputing_db": TeachComputingDatabaseResource(
             database_url=_env_or("TEACHCOMPUTING_DATABASE_URL", settings.default_database_url())

@@ -8,6 +8,8 @@ never appear in Dagster's run config or logs.
 from __future__ import annotations
 
 import os
+import re
+import uuid
 from pathlib import Path
 
 DEFAULT_CACHE_EXPIRY_SECONDS = 5 * 60 * 60
@@ -72,13 +74,51 @@ def max_concurrency() -> int:
     return value
 
 
-def parse_uuid_list(raw: str | None) -> frozenset[str]:
-    """Comma-separated UUIDs, blanks ignored, normalised to lowercase."""
-    return frozenset(part.strip().lower() for part in (raw or "").split(",") if part.strip())
+IGNORED_COURSE_UUIDS = "FL_PARTNERS_IGNORED_COURSE_UUIDS"
+# A UUID as people write one: dashed or not, in braces or not, after urn:uuid: or not, any case.
+_UUID_FORMS = re.compile(
+    r"(?:urn:uuid:)?(?P<brace>\{)?"
+    r"(?P<hex>[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"(?(brace)\})",
+    re.IGNORECASE,
+)
+
+
+def parse_uuid_list(raw: str | None, name: str = IGNORED_COURSE_UUIDS) -> frozenset[str]:
+    """Comma-separated UUIDs, blanks ignored, each canonical (lowercase, dashed) whatever form
+    it was written in (braces, no dashes, ``urn:uuid:``, upper case). Anything that is not a
+    UUID fails, naming the variable ``name`` and the entry: a typo must not go unnoticed."""
+    found = set()
+    for part in (raw or "").split(","):
+        entry = part.strip()
+        if not entry:
+            continue
+        match = _UUID_FORMS.fullmatch(entry)
+        if match is None:
+            raise ConfigurationError(f"{name}: {entry[:60]!r} is not a UUID")
+        found.add(str(uuid.UUID(match["hex"])))
+    return frozenset(found)
 
 
 def ignored_course_uuids_text() -> str:
-    return os.environ.get("FL_PARTNERS_IGNORED_COURSE_UUIDS", "")
+    """The ignored course UUIDs, canonical and comma-separated (checked now, so a bad entry
+    fails when the definitions load)."""
+    return ",".join(sorted(parse_uuid_list(os.environ.get(IGNORED_COURSE_UUIDS, ""))))
+
+
+ALLOW_INSECURE_HTTP = "FL_PARTNERS_ALLOW_INSECURE_HTTP"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def allow_insecure_http() -> bool:
+    """Whether FL_PARTNERS_URL may be plain http:// to a host other than this machine."""
+    raw = _env(ALLOW_INSECURE_HTTP)
+    if raw is None or raw.lower() in _FALSE:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    raise ConfigurationError(f"{ALLOW_INSECURE_HTTP} must be true or false, got {raw[:20]!r}")
 
 
 def membership_refresh_days() -> float:

@@ -3,9 +3,11 @@
 from .client import PartnersApiClient, RequestStats
 from .errors import (
     ApiUnavailableError,
+    DeadlineExceededError,
     MalformedResponseError,
     NotFoundError,
     PartnersApiError,
+    ResponseTooLargeError,
     UnauthorizedError,
 )
 from .records import CourseEnrolment, CourseRun, EnrolmentReport, OrganisationMembership, Rejection
@@ -14,6 +16,7 @@ __all__ = [
     "ApiUnavailableError",
     "CourseEnrolment",
     "CourseRun",
+    "DeadlineExceededError",
     "EnrolmentReport",
     "MalformedResponseError",
     "NotFoundError",
@@ -22,5 +25,6 @@ __all__ = [
     "PartnersApiError",
     "Rejection",
     "RequestStats",
+    "ResponseTooLargeError",
     "UnauthorizedError",
 ]

@@ -8,16 +8,20 @@ expire while it waits out a ``Retry-After``. Every attempt below asks the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import redis
 import requests
 import requests_cache
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
@@ -25,9 +29,11 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from ..settings import ConfigurationError
 from .errors import (
     ApiUnavailableError,
+    DeadlineExceededError,
     MalformedResponseError,
     NotFoundError,
     PartnersApiError,
+    ResponseTooLargeError,
     UnauthorizedError,
 )
 from .records import (
@@ -42,6 +48,14 @@ from .records import (
     parse_one,
 )
 from .tokens import TokenSource
+from .transport import (
+    BodyTooLarge,
+    Deadline,
+    DeadlineAdapter,
+    is_loopback_host,
+    mask_url,
+    read_body_capped,
+)
 
 T = TypeVar("T")
 
@@ -53,6 +67,21 @@ ORGANISATION_MEMBERSHIP = "organisation_membership"
 ENDPOINTS = (COURSE_RUNS, COURSE_RUN, ENROLMENTS_REPORT, ORGANISATION_MEMBERSHIP)
 
 MAX_UNAUTHORIZED_ATTEMPTS = 3
+# The API does not redirect; a few hops are followed in case a proxy does, a loop is an error.
+MAX_REDIRECTS = 5
+# One call (its attempts and the waits between them) ends within this, however slowly a
+# server sends: socket timeouts bound each read, not the whole answer.
+DEFAULT_REQUEST_DEADLINE_SECONDS = 120.0
+MIB = 1024 * 1024
+# The most each endpoint may send once decompressed. Generous: a report of the largest run
+# seen is a few MiB. A body over its cap fails its request; memory stays bounded.
+DEFAULT_MAX_RESPONSE_BYTES = {
+    COURSE_RUNS: 64 * MIB,
+    COURSE_RUN: 1 * MIB,
+    ENROLMENTS_REPORT: 256 * MIB,
+    ORGANISATION_MEMBERSHIP: 1 * MIB,
+}
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class _Retryable(Exception):
@@ -62,6 +91,10 @@ class _Retryable(Exception):
 
 
 class _Unauthorized(_Retryable):
+    pass
+
+
+class _DeadlineReached(Exception):
     pass
 
 
@@ -90,24 +123,79 @@ class RequestStats:
             return sum(counts[field] for counts in self._counts.values())
 
 
-def make_cache_backend(location: str | None) -> requests_cache.BaseCache | None:
-    """A SQLite file path, or a ``redis://`` URL; ``None`` or ``""`` means no cache."""
+class _RedactedHistory:
+    """requests-cache redacts ``Authorization`` from the request it stores, but not from the
+    requests of ``response.history``: a same-host redirect would store the bearer token."""
+
+    def save_response(self, response, cache_key=None, expires=None):  # type: ignore[no-untyped-def]
+        for earlier in getattr(response, "history", None) or ():
+            request = getattr(earlier, "request", None)
+            if request is not None and request.headers is not None:
+                request.headers.pop("Authorization", None)
+        super().save_response(response, cache_key, expires)  # type: ignore[misc]
+
+
+class _SQLiteCache(_RedactedHistory, requests_cache.SQLiteCache):
+    pass
+
+
+class _RedisCache(_RedactedHistory, requests_cache.RedisCache):
+    pass
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url``, should a library have quoted it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only (it holds personal data), or tighten it.
+    SQLite gives its -wal and -shm files the mode of the database file."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if name.exists() and name.stat().st_mode & 0o077:
+                name.chmod(0o600)
+        except OSError:
+            pass  # not ours to change: SQLite will say if it cannot use it
+
+
+def make_cache_backend(
+    location: str | None, *, check: bool = True
+) -> requests_cache.BaseCache | None:
+    """A SQLite file path, or a ``redis://`` URL; ``None`` or ``""`` means no cache. With
+    ``check``, the cache is reached now, so that a wrong location fails at start-up."""
     if not location:
         return None
-    if location.startswith(("redis://", "rediss://", "unix://")):
-        from redis import Redis
-
-        return requests_cache.RedisCache(
-            namespace="partners_api", connection=Redis.from_url(location)
-        )
+    if location.startswith(REDIS_SCHEMES):
+        try:
+            connection = redis.Redis.from_url(location, socket_connect_timeout=5, socket_timeout=30)
+            if check:
+                connection.ping()
+        except Exception as error:
+            raise ConfigurationError(
+                f"FL_PARTNERS_CACHE: cannot use the Redis cache at {mask_url(location)!r}: "
+                f"{type(error).__name__}: {_scrub(str(error), location)[:200]}"
+            ) from None
+        return _RedisCache(namespace="partners_api", connection=connection)
     path = Path(location)
+    if not path.suffix:
+        path = path.with_name(path.name + ".sqlite")  # what requests-cache would open
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(path)
         # WAL lets readers and the writer overlap; fast_save skips the fsync per response
         # (a cache lost in a crash is refilled from the API, nothing else is lost); another
         # process writing the same file (two nights at once) is waited for, not an error.
-        backend = requests_cache.SQLiteCache(path, wal=True, fast_save=True, busy_timeout=60_000)
-        backend.responses.count()  # opens the file now, so a bad path fails here
+        backend = _SQLiteCache(path, wal=True, fast_save=True, busy_timeout=60_000)
+        if check:
+            backend.responses.count()  # opens the file now, so a bad path fails here
+            _private_file(path)  # the -wal and -shm files now exist
     except Exception as error:
         raise ConfigurationError(
             f"FL_PARTNERS_CACHE: cannot open cache file {str(path)!r}: {error}"
@@ -119,10 +207,17 @@ def _is_json_response(response: requests.Response) -> bool:
     return response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
 
 
-def _cache_key(request: requests.PreparedRequest, **_: Any) -> str:
-    """Method and URL only: our URLs are canonical, and the key must never depend on the token.
-    (requests-cache's default key normalises every request, a cost paid on each cache hit.)"""
-    return hashlib.sha256(f"{request.method} {request.url}".encode()).hexdigest()[:32]
+def cache_key_function(consumer_key: str) -> Callable[..., str]:
+    """Keys of method and URL, in the consumer key's namespace: another consumer (or a wrong
+    key) is never served our answers. Never the secret or the token. (Our URLs are canonical;
+    requests-cache's default key normalises every request, a cost paid on each cache hit.)"""
+    namespace = hashlib.sha256(consumer_key.encode()).hexdigest()[:16]
+
+    def cache_key(request: requests.PreparedRequest, **_: Any) -> str:
+        text = f"{namespace} {request.method} {request.url}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    return cache_key
 
 
 def _is_cacheable(response: requests.Response) -> bool:
@@ -151,13 +246,31 @@ class PartnersApiClient:
         backoff_initial: float = 0.5,
         backoff_max: float = 20.0,
         max_retry_after: float = 60.0,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE_SECONDS,
+        max_response_bytes: Mapping[str, int] | None = None,
+        allow_insecure_http: bool = False,
     ):
         if not base_url:
             raise ConfigurationError("FL_PARTNERS_URL is empty")
+        check_base_url(base_url, allow_insecure_http=allow_insecure_http)
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1")
+        if request_deadline <= 0:
+            raise ConfigurationError(
+                f"request_deadline must be > 0 seconds, got {request_deadline}"
+            )
+        self.max_response_bytes = dict(DEFAULT_MAX_RESPONSE_BYTES)
+        for endpoint, limit in (max_response_bytes or {}).items():
+            if endpoint not in self.max_response_bytes or limit < 1:
+                raise ConfigurationError(
+                    f"max_response_bytes: {endpoint!r}: {limit!r} is not a size in bytes "
+                    f"(>= 1) for one of {', '.join(ENDPOINTS)}"
+                )
+            self.max_response_bytes[endpoint] = int(limit)
         self.base_url = base_url.rstrip("/")
+        self.request_deadline = request_deadline
         self.tokens = TokenSource(consumer_key, consumer_secret)
+        self._cache_key = cache_key_function(consumer_key)
         self.max_concurrency = max_concurrency
         self.timeout = (connect_timeout, read_timeout)
         self.max_attempts = max_attempts
@@ -262,7 +375,8 @@ class PartnersApiClient:
             if self._backend is None:
                 session = requests.Session()
             else:
-                backend = make_cache_backend(self._cache)
+                # Checked at start-up; from here on a cache failure fails (and retries) a request.
+                backend = make_cache_backend(self._cache, check=False)
                 self._thread_backends.append(backend)
                 self._local.backend = backend
                 session = requests_cache.CachedSession(
@@ -276,12 +390,16 @@ class PartnersApiClient:
                     # Not part of the cache key, and redacted from what is stored.
                     ignored_parameters=("Authorization",),
                     match_headers=False,
-                    key_fn=_cache_key,
+                    key_fn=self._cache_key,
                     autoclose=False,
                 )
             session.headers.update(
                 {"Accept": "application/json", "Content-Type": "application/json"}
             )
+            session.max_redirects = MAX_REDIRECTS
+            adapter = DeadlineAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             if not any(name.lower().endswith("_proxy") for name in os.environ):
                 # No proxy configured: skip requests' scan of the environment on every request.
                 session.trust_env = False
@@ -301,9 +419,11 @@ class PartnersApiClient:
                 )
             try:
                 body = json.loads(raw)
-            except ValueError as error:
+            except (ValueError, RecursionError) as error:
+                # RecursionError: arrays nested deeper than the parser's stack.
+                reason = str(error) if isinstance(error, ValueError) else "nested too deeply"
                 raise MalformedResponseError(
-                    f"not valid JSON ({error})",
+                    f"not valid JSON ({reason})",
                     endpoint=endpoint,
                     status=response.status_code,
                     body=raw,
@@ -312,80 +432,128 @@ class PartnersApiClient:
         except MalformedResponseError:
             self._forget(response)
             raise
+        except Exception as error:
+            # Whatever else one body can do to a parser costs this request, not the step.
+            self._forget(response)
+            raise MalformedResponseError(
+                f"could not be parsed ({type(error).__name__})",
+                endpoint=endpoint,
+                status=response.status_code,
+                body=raw,
+            ) from None
 
     def _forget(self, response: requests.Response) -> None:
         """Never serve a bad body from the cache again."""
         backend = getattr(self._local, "backend", None)
         if backend is not None and getattr(response, "cache_key", None):
-            backend.delete(response.cache_key)
+            # A failing cache cannot keep it either way; the request fails regardless.
+            with contextlib.suppress(redis.RedisError, sqlite3.Error):
+                backend.delete(response.cache_key)
 
     def _get(self, url: str, endpoint: str) -> requests.Response:
         unauthorized = 0
+        with Deadline(self.request_deadline) as deadline:
 
-        def stop(state: RetryCallState) -> bool:
-            return (
-                state.attempt_number >= self.max_attempts
-                or unauthorized >= MAX_UNAUTHORIZED_ATTEMPTS
+            def stop(state: RetryCallState) -> bool:
+                return (
+                    state.attempt_number >= self.max_attempts
+                    or unauthorized >= MAX_UNAUTHORIZED_ATTEMPTS
+                    or deadline.expired
+                )
+
+            def wait(state: RetryCallState) -> float:
+                error = state.outcome.exception() if state.outcome else None
+                if isinstance(error, _Unauthorized):
+                    return 0.0
+                if isinstance(error, _Retryable) and error.retry_after is not None:
+                    seconds = min(error.retry_after, self._max_retry_after)
+                else:
+                    seconds = self._backoff(state)
+                return max(0.0, min(seconds, deadline.remaining()))
+
+            def count_retry(state: RetryCallState) -> None:
+                self.stats.add(endpoint, "retries")
+
+            retrying = Retrying(
+                stop=stop,
+                wait=wait,
+                retry=retry_if_exception_type(_Retryable),
+                before_sleep=count_retry,
+                reraise=True,
             )
-
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, _Unauthorized):
-                return 0.0
-            if isinstance(error, _Retryable) and error.retry_after is not None:
-                return min(error.retry_after, self._max_retry_after)
-            return self._backoff(state)
-
-        def count_retry(state: RetryCallState) -> None:
-            self.stats.add(endpoint, "retries")
-
-        retrying = Retrying(
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception_type(_Retryable),
-            before_sleep=count_retry,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    try:
-                        return self._send(url, endpoint)
-                    except _Unauthorized:
-                        unauthorized += 1
-                        raise
-        except _Unauthorized as error:
-            self.stats.add(endpoint, "failures")
-            raise UnauthorizedError(
-                f"{endpoint}: token refused {unauthorized} times ({error}); "
-                "check FL_PARTNERS_CONSUMER_KEY and FL_PARTNERS_CONSUMER_SECRET",
-                endpoint=endpoint,
-                status=401,
-            ) from None
-        except _Retryable as error:
-            self.stats.add(endpoint, "failures")
-            raise ApiUnavailableError(
-                f"{endpoint}: gave up after {self.max_attempts} attempts: {error}",
-                endpoint=endpoint,
-            ) from None
+            try:
+                for attempt in retrying:
+                    with attempt:
+                        try:
+                            return self._send(url, endpoint, deadline)
+                        except _Unauthorized:
+                            unauthorized += 1
+                            raise
+            except _Unauthorized as error:
+                self.stats.add(endpoint, "failures")
+                raise UnauthorizedError(
+                    f"{endpoint}: token refused {unauthorized} times ({error}); "
+                    "check FL_PARTNERS_CONSUMER_KEY and FL_PARTNERS_CONSUMER_SECRET",
+                    endpoint=endpoint,
+                    status=401,
+                ) from None
+            except _DeadlineReached as error:
+                self.stats.add(endpoint, "failures")
+                raise DeadlineExceededError(
+                    f"{endpoint}: no complete answer within the request deadline of "
+                    f"{self.request_deadline:g} s ({error})",
+                    endpoint=endpoint,
+                ) from None
+            except _Retryable as error:
+                self.stats.add(endpoint, "failures")
+                attempts = retrying.statistics.get("attempt_number", self.max_attempts)
+                raise ApiUnavailableError(
+                    f"{endpoint}: gave up after {attempts} attempts: {error}",
+                    endpoint=endpoint,
+                ) from None
+            except PartnersApiError:
+                self.stats.add(endpoint, "failures")
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send(self, url: str, endpoint: str) -> requests.Response:
+    def _send(self, url: str, endpoint: str, deadline: Deadline) -> requests.Response:
+        if deadline.expired:
+            raise _DeadlineReached(f"time ran out before attempting {url}")
         token = self.tokens.token()
+        limit = self.max_response_bytes[endpoint]
+
+        def read_body(response: requests.Response, **_: Any) -> requests.Response:
+            # A response hook runs before requests-cache stores the response, so a body over
+            # its cap is neither held whole nor cached.
+            read_body_capped(response, limit)
+            return response
+
+        remaining = max(deadline.remaining(), 0.001)
         try:
             response = self._session().get(
-                url, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=(min(self.timeout[0], remaining), min(self.timeout[1], remaining)),
+                hooks={"response": read_body},
             )
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as error:
+        except BodyTooLarge:
             self.stats.add(endpoint, "network")
-            raise _Retryable(f"{type(error).__name__} on {url}") from None
-        self.stats.add(
-            endpoint, "cache_hits" if getattr(response, "from_cache", False) else "network"
-        )
+            raise ResponseTooLargeError(
+                f"{endpoint}: the answer from {url} is larger than {limit} bytes once "
+                "decompressed, this endpoint's cap (max_response_bytes); reading stopped there",
+                endpoint=endpoint,
+            ) from None
+        except Exception as error:
+            if deadline.expired:
+                self.stats.add(endpoint, "network")
+                raise _DeadlineReached(f"{type(error).__name__} reading {url}") from None
+            raise self._failure(error, url, endpoint, token) from None
+        from_cache = getattr(response, "from_cache", False)
+        self.stats.add(endpoint, "cache_hits" if from_cache else "network")
+        if deadline.fired and not from_cache:
+            # Its socket was shut mid-answer: the body may be cut short, so it is not kept.
+            self._forget(response)
+            raise _DeadlineReached(f"cut off reading {url}")
         status = response.status_code
         if status == 200:
             return response
@@ -400,6 +568,60 @@ class PartnersApiClient:
             raise _Retryable(f"HTTP {status} on {url}")
         raise PartnersApiError(
             f"{endpoint}: unexpected HTTP {status} on {url}", endpoint=endpoint, status=status
+        )
+
+    def _failure(self, error: Exception, url: str, endpoint: str, token: str) -> Exception:
+        """What one failed exchange becomes: a retry, or an error that costs this request only."""
+        if isinstance(error, requests.exceptions.ContentDecodingError):
+            self.stats.add(endpoint, "network")
+            return MalformedResponseError(
+                "the body could not be decompressed (corrupt Content-Encoding)",
+                endpoint=endpoint,
+                status=None,
+                body=b"",
+            )
+        if isinstance(error, requests.TooManyRedirects):
+            self.stats.add(endpoint, "network")
+            return PartnersApiError(
+                f"{endpoint}: more than {MAX_REDIRECTS} redirects from {url}", endpoint=endpoint
+            )
+        if isinstance(
+            error,
+            requests.ConnectionError | requests.Timeout | requests.exceptions.ChunkedEncodingError,
+        ):
+            self.stats.add(endpoint, "network")
+            return _Retryable(f"{type(error).__name__} on {url}")
+        if isinstance(error, redis.RedisError | sqlite3.Error):
+            # A busy SQLite file or a Redis restart passes; retried like a network fault.
+            return _Retryable(
+                f"the response cache (FL_PARTNERS_CACHE) failed: {type(error).__name__}"
+            )
+        if isinstance(error, PartnersApiError):
+            return error
+        detail = str(error).replace(token, "***")[:200]
+        return PartnersApiError(
+            f"{endpoint}: reading {url} failed: {type(error).__name__}: {detail}",
+            endpoint=endpoint,
+        )
+
+
+def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> None:
+    """An https:// URL; plain http:// only to this machine, unless explicitly allowed: every
+    request carries a bearer token."""
+    try:
+        parts = urlsplit(base_url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ConfigurationError(
+            f"FL_PARTNERS_URL must be an https:// URL, got {mask_url(base_url)!r}"
+        )
+    if parts.scheme == "http" and not is_loopback_host(host) and not allow_insecure_http:
+        raise ConfigurationError(
+            f"FL_PARTNERS_URL {mask_url(base_url)!r} is plain http:// to {host!r}, which is not "
+            "this machine: the bearer token would cross the network unencrypted. Use https://, "
+            "or set FL_PARTNERS_ALLOW_INSECURE_HTTP=true if the network is trusted."
         )
 
 

@@ -37,3 +37,11 @@ class MalformedResponseError(PartnersApiError):
         )
         self.reason = reason
         self.excerpt = excerpt
+
+
+class DeadlineExceededError(ApiUnavailableError):
+    """No complete answer within the request's overall deadline (retries included)."""
+
+
+class ResponseTooLargeError(PartnersApiError):
+    """The body, once decompressed, is larger than the endpoint's cap; reading stopped there."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import pandas as pd
+
 from ..rules import InvalidRatioError, check_ratio
 from .errors import MalformedResponseError
 
@@ -117,6 +119,11 @@ def _int(value: Any, name: str, *, nullable: bool = False) -> int | None:
     return value
 
 
+# The span of pandas' datetime64[ns] (about 1677-09-21 to 2262-04-11), to the microsecond.
+EARLIEST_TIMESTAMP = pd.Timestamp.min.ceil("us").to_pydatetime().replace(tzinfo=UTC)
+LATEST_TIMESTAMP = pd.Timestamp.max.floor("us").to_pydatetime().replace(tzinfo=UTC)
+
+
 def timestamp(value: Any, name: str, *, nullable: bool = True) -> datetime | None:
     """An ISO-8601 timestamp with a zone (the API sends UTC with a ``Z``), as aware UTC."""
     if value is None and nullable:
@@ -129,7 +136,18 @@ def timestamp(value: Any, name: str, *, nullable: bool = True) -> datetime | Non
         raise RecordError(f"{name} is not an ISO-8601 timestamp: {value[:40]!r}") from None
     if parsed.tzinfo is None:
         raise RecordError(f"{name} has no time zone: {value[:40]!r}")
-    return parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise RecordError(f"{name} is out of range: {value[:40]!r}") from None
+    if not EARLIEST_TIMESTAMP <= parsed <= LATEST_TIMESTAMP:
+        # pandas holds nanoseconds since 1970 in 64 bits; a date it cannot hold would fail
+        # the whole step later, so it is this record that is malformed.
+        raise RecordError(
+            f"{name} is out of range: {value[:40]!r} is outside "
+            f"{EARLIEST_TIMESTAMP:%Y-%m-%d}..{LATEST_TIMESTAMP:%Y-%m-%d}"
+        )
+    return parsed
 
 
 def ratio(value: Any) -> float:

@@ -12,7 +12,7 @@ from ..settings import (
     ConfigurationError,
     parse_uuid_list,
 )
-from .client import PartnersApiClient
+from .client import DEFAULT_REQUEST_DEADLINE_SECONDS, PartnersApiClient
 
 
 class PartnersApiResource(ConfigurableResource):
@@ -46,6 +46,21 @@ class PartnersApiResource(ConfigurableResource):
     backoff_initial_seconds: float = Field(
         default=0.5, description="First retry wait; doubles, with jitter."
     )
+    request_deadline_seconds: float = Field(
+        default=DEFAULT_REQUEST_DEADLINE_SECONDS,
+        description="Most time one request may take, retries and slow answers included.",
+    )
+    max_response_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per endpoint (course_runs, course_run, course_enrolments_report, "
+        "organisation_membership), the largest decompressed body accepted; unset keeps the "
+        "default.",
+    )
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Allow a plain http:// base URL to a host other than this machine "
+        "(FL_PARTNERS_ALLOW_INSECURE_HTTP).",
+    )
 
     _client: PartnersApiClient | None = PrivateAttr(default=None)
 
@@ -57,6 +72,7 @@ class PartnersApiResource(ConfigurableResource):
         ):
             if not value or not value.strip():
                 raise ConfigurationError(f"{name} is empty")
+        parse_uuid_list(self.ignored_course_uuids)  # a bad entry fails the run at its start
         self._client = PartnersApiClient(
             self.base_url,
             self.consumer_key,
@@ -67,6 +83,9 @@ class PartnersApiResource(ConfigurableResource):
             read_timeout=self.read_timeout_seconds,
             max_attempts=self.max_attempts,
             backoff_initial=self.backoff_initial_seconds,
+            request_deadline=self.request_deadline_seconds,
+            max_response_bytes=self.max_response_bytes,
+            allow_insecure_http=self.allow_insecure_http,
         )
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -1,0 +1,184 @@
+"""What keeps one HTTP exchange bounded: an overall deadline and a cap on the body's size.
+
+``requests`` timeouts bound each socket operation, not the exchange: a server that sends one
+byte every few seconds never trips them. A ``Deadline`` shuts the exchange's socket when its
+time is up, wherever the exchange is blocked (waiting for headers, or reading a trickled body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+_current = threading.local()
+
+
+class Deadline:
+    """The time one call may take, across its attempts. Enter it around the code that sends:
+    every connection used in this thread meanwhile is shut when the time is up."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._expires_at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._connections: list[HTTPConnection] = []
+        self._timer: threading.Timer | None = None
+        self._expired = False
+
+    @property
+    def fired(self) -> bool:
+        """Whether the time ran out while a connection was watched (its socket was shut)."""
+        return self._expired
+
+    @property
+    def expired(self) -> bool:
+        return self._expired or self.remaining() <= 0
+
+    def remaining(self) -> float:
+        return self._expires_at - time.monotonic()
+
+    def __enter__(self) -> Deadline:
+        _current.deadline = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.deadline = None
+        with self._lock:
+            timer, self._timer = self._timer, None
+            self._connections.clear()
+        if timer is not None:
+            timer.cancel()
+
+    def watch(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            if self._expired:
+                _shut(connection)
+                return
+            self._connections.append(connection)
+            if self._timer is None:
+                # A timer only once the network is used: a cache hit costs no thread.
+                self._timer = threading.Timer(max(0.0, self.remaining()), self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+
+def _shut(connection: HTTPConnection) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked reading it
+
+
+class _Watched:
+    """Registers the connection with this thread's deadline on every request it carries
+    (a pooled connection is reused, so connecting is not enough)."""
+
+    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        deadline: Deadline | None = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)  # type: ignore[arg-type]
+        result = super().request(*args, **kwargs)  # type: ignore[misc]
+        if deadline is not None and deadline.expired:
+            _shut(self)  # the time ran out while connecting, before there was a socket
+        return result
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose connections obey the current thread's ``Deadline``."""
+
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):  # type: ignore[no-untyped-def]
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"body larger than {limit} bytes once decompressed")
+        self.limit = limit
+
+
+CHUNK_BYTES = 64 * 1024
+
+
+def read_body_capped(response: requests.Response, limit: int) -> None:
+    """Read (and decompress) the body in chunks, failing as soon as it passes ``limit`` bytes,
+    so that a small gzip body that inflates to gigabytes is never held whole."""
+    if response._content is not False:  # already read: a cached response, or read before
+        return
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+    except BaseException:
+        response.close()
+        raise
+    response._content = b"".join(chunks)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+    except ValueError:
+        return "(an unparseable URL)"
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
