@@ -343,3 +343,23 @@ def test_sqlite_has_foreign_keys_and_wal(tmp_path):
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_db_upgrade_and_downgrade_work_on_a_url_with_a_percent_sign(tmp_path):
+    # Hardening item 2: Alembic's ConfigParser choked on `%` (any encoded password).
+    folder = tmp_path / "50% done"
+    url = f"sqlite:///{folder / 'tc.sqlite3'}"
+    runner = CliRunner()
+    up = runner.invoke(main, ["db", "--database-url", url, "upgrade"])
+    assert up.exit_code == 0, up.output
+    assert "at revision 0001" in up.output
+    down = runner.invoke(main, ["db", "--database-url", url, "downgrade", "base"])
+    assert down.exit_code == 0, down.output
+
+
+def test_db_upgrade_failing_on_an_encoded_password_does_not_print_it():
+    url = "postgresql+psycopg2://partners:p%40ss%25word@127.0.0.1:1/nowhere"
+    result = CliRunner().invoke(main, ["db", "--database-url", url, "upgrade"])
+    assert result.exit_code != 0
+    shown = result.output + repr(result.exception)
+    assert "p%40ss%25word" not in shown and "p@ss%word" not in shown

@@ -147,3 +147,34 @@ def test_workspace_yaml_loads_the_code_location(tmp_path):
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_both_jobs_have_a_run_timeout_that_run_monitoring_enforces():
+    # Hardening item 4: no night can hold the API's run queue for ever.
+    import yaml
+
+    for job in ("update_memberships_job", "update_progress_job"):
+        tags = defs.resolve_job_def(job).tags
+        assert 0 < float(tags["dagster/max_runtime"]) <= 6 * 3600
+    instance = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert instance["run_monitoring"]["enabled"] is True
+
+
+def test_resource_reprs_show_no_secret_or_password():
+    # Hardening item 10.
+    from partners_dagster.partners_api.resource import PartnersApiResource
+    from partners_dagster.teachcomputing.resource import TeachComputingDatabaseResource
+
+    api = PartnersApiResource(
+        base_url="https://api.example.org",
+        consumer_key="key",
+        consumer_secret="the-consumer-secret",
+        cache="redis://:cache-password@127.0.0.1:6379/0",
+    )
+    database = TeachComputingDatabaseResource(
+        database_url="postgresql+psycopg2://tc:db-password@127.0.0.1/tc"
+    )
+    for shown in (repr(api), str(api), repr(database), str(database)):
+        for secret in ("the-consumer-secret", "cache-password", "db-password"):
+            assert secret not in shown
+    assert "tc:***@127.0.0.1" in repr(database)

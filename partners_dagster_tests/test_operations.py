@@ -170,3 +170,75 @@ def test_a_malformed_run_record_leaves_its_course_or_every_course_untouched(
     else:
         pd.testing.assert_frame_equal(after, before)  # could be any course: none is touched
         assert all(course in skipped for course in tiny_dataset.known_course_uuids)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2//tc:db-hunter2@127.0.0.1/tc",  # a colon missing
+        "postgresq://tc:db-hunter2@127.0.0.1/tc",  # a misspelt dialect
+        "postgresql+psycopg2://tc:db-hunter2@127.0.0.1:1/tc",  # nothing listens there
+    ],
+)
+def test_a_mistyped_database_url_keeps_its_password_out_of_the_event_log(night, url):
+    # Hardening item 7.
+    from partners_dagster.definitions import build_definitions
+    from partners_dagster.teachcomputing.resource import TeachComputingDatabaseResource
+
+    resources = {
+        **night.resources,
+        "teachcomputing_db": TeachComputingDatabaseResource(database_url=url),
+    }
+    job = build_definitions(resources).resolve_job_def("update_memberships_job")
+    result = job.execute_in_process(instance=night.instance, raise_on_error=False)
+    assert not result.success
+    logged = "".join(str(record) for record in night.instance.all_logs(result.run_id)) + "".join(
+        str(e) for e in result.all_events
+    )
+    assert "TEACHCOMPUTING_DATABASE_URL" in logged or "127.0.0.1" in logged
+    assert "db-hunter2" not in logged
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("ÉLODIE@school.example.org", "élodie@school.example.org"),
+        ("İnci@school.example.org", "i̇nci@SCHOOL.example.org"),
+        (" jo@school.example.org", "JO@school.example.org "),
+    ],
+)
+def test_audit_finds_a_user_by_email_folded_as_matching_folds_it(night, stored, asked):
+    # Hardening item 12: one folding everywhere, Python's.
+    user = night.query("SELECT id FROM users LIMIT 1")["id"].iat[0]
+    with night.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET email = ? WHERE id = ?", (stored, user))
+    found = CliRunner().invoke(main, ["audit", asked, "--database-url", night.database_url])
+    assert found.exit_code == 0, found.output
+    assert str(user) in found.output
+
+
+def test_bench_refuses_a_database_that_holds_data_and_never_drops_a_table(tiny_dataset, tmp_path):
+    # Hardening item 8.
+    from partners_dagster.teachcomputing.engine import make_engine
+    from partners_dagster.tools.bench import DatabaseInUseError, prepare_database
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'website.sqlite3'}")
+    try:
+        prepare_database(engine, tiny_dataset)  # an empty database: the bench creates it all
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE schema_migrations (version varchar)")
+            connection.exec_driver_sql("INSERT INTO schema_migrations VALUES ('20210101')")
+        with pytest.raises(DatabaseInUseError, match="holds data in activities"):
+            prepare_database(engine, tiny_dataset)
+        prepare_database(engine, tiny_dataset, force=True)  # rows replaced, tables kept
+        with engine.connect() as connection:
+            kept = connection.exec_driver_sql("SELECT version FROM schema_migrations").all()
+            users = connection.exec_driver_sql("SELECT count(*) FROM users").scalar_one()
+    finally:
+        engine.dispose()
+    assert kept == [("20210101",)] and users == len(tiny_dataset.users)
+    refused = CliRunner().invoke(
+        main,
+        ["bench", "--scale", "tiny", "--database-url", f"sqlite:///{tmp_path / 'website.sqlite3'}"],
+    )
+    assert refused.exit_code != 0 and "--force" in refused.output

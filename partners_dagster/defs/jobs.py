@@ -6,7 +6,14 @@ import dagster as dg
 
 from .constants import API_CONCURRENCY_TAG, API_CONCURRENCY_TAG_VALUE, MEMBERSHIPS_JOB, PROGRESS_JOB
 
-API_TAGS = {API_CONCURRENCY_TAG: API_CONCURRENCY_TAG_VALUE}
+# A night that runs past this is canceled by run monitoring (dagster.yaml): a request that
+# never ends must not hold the queue's one API slot for the following nights. A large first
+# night takes about 10 minutes here.
+MAX_RUNTIME_SECONDS = 3 * 60 * 60
+API_TAGS = {
+    API_CONCURRENCY_TAG: API_CONCURRENCY_TAG_VALUE,
+    "dagster/max_runtime": str(MAX_RUNTIME_SECONDS),
+}
 
 # The steps of each job form a chain and share the API client's cache and the database
 # pool, so they run in one process: no per-step process start-up, one warm cache.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from ..privacy import mask_url_passwords
 from ..settings import (
     DEFAULT_CACHE_EXPIRY_SECONDS,
     DEFAULT_MAX_CONCURRENCY,
@@ -63,6 +64,15 @@ class PartnersApiResource(ConfigurableResource):
     )
 
     _client: PartnersApiClient | None = PrivateAttr(default=None)
+
+    def __repr_args__(self):
+        # pydantic builds repr() and str() from these: the secret never shows, nor a
+        # password inside the cache URL.
+        for name, value in super().__repr_args__():
+            if name == "consumer_secret":
+                yield name, "***"
+            else:
+                yield name, (mask_url_passwords(value) if isinstance(value, str) else value)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         for name, value in (

@@ -23,8 +23,11 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
+        # Never echo the text: a mistyped URL still holds its password.
+        scheme = url.strip().split(":", 1)[0].split("/", 1)[0][:30]
         raise ConfigurationError(
-            f"TEACHCOMPUTING_DATABASE_URL is not a database URL: {url[:80]!r}"
+            "TEACHCOMPUTING_DATABASE_URL is not a database URL "
+            f"(expected dialect+driver://user:password@host/database; it begins {scheme!r})"
         ) from None
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
@@ -47,7 +50,7 @@ def _sqlite_engine(url) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigurationError(
-                f"TEACHCOMPUTING_DATABASE_URL: cannot create {url.database!r}: {error}"
+                f"TEACHCOMPUTING_DATABASE_URL: cannot create {url.database!r}: {error.strerror}"
             ) from None
     # Wait up to a minute for another writer (a URL's ?timeout=N overrides it).
     engine = create_engine(url, connect_args={} if "timeout" in url.query else {"timeout": 60})

@@ -6,6 +6,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 from sqlalchemy import Engine
 
+from ..privacy import mask_url_passwords
 from .engine import shared_engine
 from .repository import TeachComputingRepository
 
@@ -21,3 +22,8 @@ class TeachComputingDatabaseResource(ConfigurableResource):
 
     def repository(self) -> TeachComputingRepository:
         return TeachComputingRepository(self.engine)
+
+    def __repr_args__(self):
+        # pydantic builds repr() and str() from these: the URL's password never shows.
+        for name, value in super().__repr_args__():
+            yield name, (mask_url_passwords(value) if isinstance(value, str) else value)

@@ -107,9 +107,9 @@ def audit_user(engine: Engine, who: str) -> UserAudit:
         ).all()
     # Every membership in the user's array, with how and when we linked it (the website, or
     # the old jobs, may have linked some before partners_dagster).
-    memberships = pd.DataFrame({"uuid": [m.lower() for m in arrays]}).merge(
-        links, on="uuid", how="left"
-    )
+    memberships = pd.DataFrame(
+        {"uuid": pd.Series([m.lower() for m in arrays], dtype=object)}
+    ).merge(links.astype({"uuid": object}), on="uuid", how="left")
     transitions = pd.DataFrame(
         [
             (
@@ -136,7 +136,9 @@ def audit_user(engine: Engine, who: str) -> UserAudit:
     transitions["from_state"] = (
         transitions.groupby("achievement_id")["to_state"].shift(1).fillna("enrolled")
     )
-    current = transitions[transitions["most_recent"]].set_index("achievement_id")["to_state"]
+    current = transitions.loc[transitions["most_recent"].astype(bool)].set_index("achievement_id")[
+        "to_state"
+    ]
     achievements["state"] = achievements["id"].map(current).fillna("enrolled")
     return UserAudit(user_id, email, memberships, achievements, transitions)
 
