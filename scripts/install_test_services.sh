@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the Sidekiq tests run against: Debian's redis-server and the Ruby consumer
-# (Ruby 3.1, ActiveJob 6.1, Sidekiq 6, GlobalID, redis-rb 4.8), all from Debian's archive.
+# Installs the real systems the tests run against, all from Debian's archive: redis-server
+# (Sidekiq's Redis and the shared response cache), the Ruby consumer (Ruby 3.1, ActiveJob
+# 6.1, Sidekiq 6, GlobalID, redis-rb 4.8), and docker-compose to validate the compose file.
 # Idempotent: when every package is already installed, apt is not touched.
 #   sudo bash scripts/install_test_services.sh
 set -euo pipefail
 
-packages=(redis-server ruby ruby-sidekiq ruby-activejob ruby-globalid ruby-redis)
+packages=(redis-server ruby ruby-sidekiq ruby-activejob ruby-globalid ruby-redis docker-compose)
 
 missing=()
 for package in "${packages[@]}"; do
