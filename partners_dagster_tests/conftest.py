@@ -31,6 +31,8 @@ def pytest_sessionstart(session):
                 f"CI must provide {', '.join(missing)}: run scripts/install_test_services.sh",
                 returncode=1,
             )
+
+
 RECORDED = SHARED / "partners-api" / "recorded"
 
 

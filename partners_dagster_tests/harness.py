@@ -137,12 +137,19 @@ class Night:
         transitions["metadata"] = transitions["metadata"].map(_without_run_id)
         transitions["most_recent"] = transitions["most_recent"].astype(bool)
         outbox = self.repository().outbox()
+        keys = self.achievement_keys()
         jobs = pd.DataFrame(
             {
                 "job_class": outbox["job_class"],
-                "arguments": outbox["arguments"].map(
-                    lambda v: _ids_of(json.dumps(_json(v), sort_keys=True), self.achievement_keys())
-                ),
+                # Achievement ids differ between equivalent nights: name them by user/activity.
+                "arguments": [
+                    json.dumps(_json(arguments), sort_keys=True).replace(
+                        str(achievement_id), keys.get(str(achievement_id), "?")
+                    )
+                    for arguments, achievement_id in zip(
+                        outbox["arguments"], outbox["achievement_id"], strict=True
+                    )
+                ],
                 "run_at_offset": (outbox["run_at"] - outbox["created_at"])
                 .dt.total_seconds()
                 .round(),
@@ -207,13 +214,6 @@ class Night:
         self._instance_cm.__exit__(None, None, None)
         self.server.stop()
         self.engine.dispose()
-
-
-def _ids_of(text: str, keys: dict[str, str]) -> str:
-    for achievement_id, key in keys.items():
-        if achievement_id in text:
-            text = text.replace(achievement_id, key)
-    return text
 
 
 def _json(value):
