@@ -22,7 +22,6 @@ import requests
 import requests_cache
 
 from partners_dagster import settings
-from partners_dagster.courses import course_runs_frame, fetch_course_enrolments
 from partners_dagster.partners_api import (
     ApiUnavailableError,
     MalformedResponseError,
@@ -35,6 +34,7 @@ from partners_dagster.partners_api.records import RecordError, parse_enrolment_r
 from partners_dagster.partners_api.resource import PartnersApiResource
 from partners_dagster.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, Faults
 from partners_dagster.settings import ConfigurationError
+from partners_dagster.steps.course_reports import course_runs_frame, fetch_course_enrolments
 
 # -- throwaway servers ---------------------------------------------------------------------
 

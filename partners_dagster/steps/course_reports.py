@@ -90,7 +90,7 @@ def fetch_course_enrolments(client: PartnersApiClient, runs: pd.DataFrame) -> Co
     return CourseEnrolments(
         enrolments=enrolments,
         failed_runs=pd.DataFrame(
-            _malformed_runs(runs) + failed, columns=["run_uuid", "course_uuid", "error"]
+            spoiled_by_malformed_runs(runs) + failed, columns=["run_uuid", "course_uuid", "error"]
         ),
         rejections=pd.DataFrame(
             rejected, columns=["run_uuid", "course_uuid", "index", "key", "reason"]
@@ -99,7 +99,7 @@ def fetch_course_enrolments(client: PartnersApiClient, runs: pd.DataFrame) -> Co
     )
 
 
-def _malformed_runs(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
+def spoiled_by_malformed_runs(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
     """A malformed run record spoils its known course; one that does not say which course
     it belongs to could be any of them, so it spoils every known course."""
     known_courses = sorted(set(runs.loc[runs["known"], "course_uuid"]))
