@@ -136,17 +136,19 @@ def test_resources_and_their_secrets_come_from_the_environment():
     assert api.base_url == dg.EnvVar("FL_PARTNERS_URL")
 
 
-def test_workspace_yaml_loads_the_code_location(tmp_path):
-    # `dagster definitions validate` loads workspace.yaml the way the webserver and daemon do.
+def test_dg_check_defs_loads_the_project(tmp_path):
+    # `dg check defs` loads the definitions the way `dg` and the tools see them ([tool.dg]).
+    dg = Path(sys.executable).with_name("dg")
     result = subprocess.run(
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        [str(dg), "check", "defs"],
         capture_output=True,
         text=True,
-        env={"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        timeout=120,
+        env={"DAGSTER_HOME": str(tmp_path), "PATH": f"{dg.parent}:/usr/bin:/bin"},
+        timeout=180,
         cwd=ROOT,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
 def test_both_jobs_have_a_run_timeout_that_run_monitoring_enforces():
