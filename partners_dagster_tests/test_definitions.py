@@ -180,3 +180,11 @@ def test_resource_reprs_show_no_secret_or_password():
         for secret in ("the-consumer-secret", "cache-password", "db-password"):
             assert secret not in shown
     assert "tc:***@127.0.0.1" in repr(database)
+
+
+def test_the_freshness_check_is_the_daemons_not_a_step_of_a_job():
+    for job in ("update_memberships_job", "update_progress_job"):
+        checks = {k.name for k in defs.resolve_job_def(job).asset_layer.selected_asset_check_keys}
+        assert "freshness_check" not in checks
+    progress = defs.resolve_job_def("update_progress_job").asset_layer.selected_asset_check_keys
+    assert {k.name for k in progress} >= {"progress_never_decreases", "outbox_drained"}

@@ -19,3 +19,6 @@ DEFINITIONS_MODULE = "partners_dagster.definitions"
 MEMBERSHIPS_JOB = "update_memberships_job"
 PROGRESS_JOB = "update_progress_job"
 NIGHTLY_JOBS = (MEMBERSHIPS_JOB, PROGRESS_JOB)
+
+# The daemon-evaluated freshness check on achievement_progress (dagster's default name).
+FRESHNESS_CHECK = "freshness_check"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .constants import API_CONCURRENCY_TAG, API_CONCURRENCY_TAG_VALUE, MEMBERSHIPS_JOB, PROGRESS_JOB
+from .constants import (
+    API_CONCURRENCY_TAG,
+    API_CONCURRENCY_TAG_VALUE,
+    FRESHNESS_CHECK,
+    MEMBERSHIPS_JOB,
+    PROGRESS_JOB,
+)
 
 # A night that runs past this is canceled by run monitoring (dagster.yaml): a request that
 # never ends must not hold the queue's one API slot for the following nights. A large first
@@ -30,12 +36,16 @@ update_memberships_job = dg.define_asset_job(
 update_progress_job = dg.define_asset_job(
     name=PROGRESS_JOB,
     description="Step 2: update each linked teacher's course progress and achievements, then hand the follow-up jobs to the website's Sidekiq.",
+    # The freshness check on achievement_progress is the daemon's (alerts.py), not a step.
     selection=dg.AssetSelection.assets(
         "course_runs",
         "course_enrolments",
         "latest_enrolments",
         "achievement_progress",
         "follow_up_jobs",
+    )
+    - dg.AssetSelection.checks(
+        dg.AssetCheckKey(dg.AssetKey("achievement_progress"), FRESHNESS_CHECK)
     ),
     tags=API_TAGS,
     executor_def=dg.in_process_executor,

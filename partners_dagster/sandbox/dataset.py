@@ -355,8 +355,11 @@ def advance_night(
     )
 
     # New learners: users without a membership yet.
+    # (Not a user who asked to be forgotten, nor one without an email: neither can be linked.)
     with_membership = set(dataset.memberships["learner"])
-    candidates = [i for i in range(len(dataset.users)) if i not in with_membership]
+    users = dataset.users
+    linkable = (~users["forgotten"].astype(bool) & users["email"].notna()).to_numpy()
+    candidates = [i for i in range(len(users)) if i not in with_membership and linkable[i]]
     n_new = min(
         len(candidates), max(1, int(dataset.memberships["learner"].nunique() * new_learners))
     )
