@@ -184,7 +184,8 @@ def test_resource_reprs_show_no_secret_or_password():
 
 def test_the_freshness_check_is_the_daemons_not_a_step_of_a_job():
     for job in ("update_memberships_job", "update_progress_job"):
-        checks = {k.name for k in defs.resolve_job_def(job).asset_layer.selected_asset_check_keys}
+        graph = defs.resolve_job_def(job).asset_layer.asset_graph
+        checks = {k.name for k in graph.asset_check_keys}
         assert "freshness_check" not in checks
-    progress = defs.resolve_job_def("update_progress_job").asset_layer.selected_asset_check_keys
+    progress = defs.resolve_job_def("update_progress_job").asset_layer.asset_graph.asset_check_keys
     assert {k.name for k in progress} >= {"progress_never_decreases", "outbox_drained"}
