@@ -506,9 +506,11 @@ def _append_memberships(connection: Connection, rows: list[dict], now: datetime)
         by_user.setdefault(row["user_id"], []).append(row["membership_uuid"])
     if connection.dialect.name == "postgresql":
         statement = text(
+            # The website's column may hold NULL (schema.rb has no null: false): treat it as {}.
             "UPDATE users SET future_learn_organisation_memberships = "
-            "future_learn_organisation_memberships || ARRAY(SELECT m FROM unnest("
-            "CAST(:memberships AS text[])) AS m WHERE NOT m = ANY(future_learn_organisation_memberships)), "
+            "coalesce(future_learn_organisation_memberships, '{}') || ARRAY(SELECT m FROM unnest("
+            "CAST(:memberships AS text[])) AS m WHERE NOT m = ANY(coalesce("
+            "future_learn_organisation_memberships, '{}'))), "
             "updated_at = :now WHERE id = CAST(:user_id AS uuid)"
         )
         params = [
