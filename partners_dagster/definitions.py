@@ -76,8 +76,24 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         schedules=[update_memberships_schedule, update_progress_schedule],
         sensors=alerts["sensors"],
         asset_checks=alerts["asset_checks"],
-        resources=resources if resources is not None else build_resources(),
+        resources=with_io_manager(resources if resources is not None else build_resources()),
     )
+
+
+def with_io_manager(resources: dict) -> dict:
+    """The resources plus the IO manager that keeps asset values off the disk (see
+    defs/io_manager.py), unless the caller brought its own."""
+    from .defs.io_manager import RebuildingIOManager
+
+    if "io_manager" in resources:
+        return resources
+    return {
+        **resources,
+        "io_manager": RebuildingIOManager(
+            partners_api=resources["partners_api"],
+            teachcomputing_db=resources["teachcomputing_db"],
+        ),
+    }
 
 
 @dg.definitions

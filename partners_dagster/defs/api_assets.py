@@ -6,8 +6,8 @@ import pandas as pd
 from ..partners_api import UnauthorizedError
 from ..partners_api.resource import PartnersApiResource
 from ..steps.course_reports import (
-    course_runs_frame,
     fetch_course_enrolments,
+    read_course_runs,
     unknown_courses,
 )
 from ..teachcomputing.resource import TeachComputingDatabaseResource
@@ -40,16 +40,16 @@ def course_runs(
     """Every FutureLearn course run the partner can see, with whether Teach Computing knows its
     course (an activity holds its UUID) or has asked to ignore it."""
     client = partners_api.client
+    catalogue = teachcomputing_db.repository().catalogue()
     with request_tally(client) as requests:
         try:
-            runs, rejections = client.course_runs()
+            read = read_course_runs(
+                client, catalogue.activities["course_uuid"], partners_api.ignored_courses
+            )
         except UnauthorizedError as error:
             report_auth_failure(error, endpoint="course_runs", run_id=context.run.run_id)
             raise
-    catalogue = teachcomputing_db.repository().catalogue()
-    frame = course_runs_frame(
-        runs, catalogue.activities["course_uuid"], partners_api.ignored_courses, rejections
-    )
+    frame, runs, rejections = read.frame, read.runs, read.rejections
     unknown = unknown_courses(frame)
     courses = frame[frame["malformed"].isna()].drop_duplicates("course_uuid")
     if not unknown.empty and context.job_def.name == MEMBERSHIPS_JOB:

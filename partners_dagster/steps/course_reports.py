@@ -50,6 +50,23 @@ def course_runs_frame(
     return frame
 
 
+@dataclass(frozen=True)
+class CourseRunsRead:
+    frame: pd.DataFrame  # see course_runs_frame
+    runs: list[CourseRun]
+    rejections: list[Rejection]
+
+
+def read_course_runs(
+    client: PartnersApiClient, known_course_uuids: Iterable[str], ignored: Iterable[str]
+) -> CourseRunsRead:
+    """Every run the partner can see (one API call, through the response cache), as a frame."""
+    runs, rejections = client.course_runs()
+    return CourseRunsRead(
+        course_runs_frame(runs, known_course_uuids, ignored, rejections), runs, rejections
+    )
+
+
 def unknown_courses(runs: pd.DataFrame) -> pd.DataFrame:
     """Courses no activity knows and nobody asked us to ignore: one row each, with its title."""
     unknown = runs[~runs["known"] & ~runs["ignored"] & runs["malformed"].isna()]

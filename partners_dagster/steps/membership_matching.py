@@ -37,20 +37,25 @@ def plan_membership_lookups(
     lookups: pd.DataFrame,
     *,
     now: datetime,
-    refresh_days: float,
+    refresh_days: float | None,
 ) -> LookupPlan:
     """Each membership on any report that no user holds, once however many runs it is on:
     fetched when it was never looked up or its lookup is due (``lookup_due_at``), else taken
     from ``lookups`` (membership_uuid, status, learner_uuid, external_learner_id,
-    fetched_at), to be matched again against the users as they are now."""
+    fetched_at), to be matched again against the users as they are now. ``refresh_days``
+    None: nothing remembered is due (a read-only view of what the memory holds)."""
     seen = set(pd.unique(enrolments["membership_uuid"].to_numpy()))
     unlinked = seen - set(linked["membership_uuid"])
     known = lookups[lookups["membership_uuid"].isin(unlinked)]
-    due = [
-        m
-        for m, fetched_at in zip(known["membership_uuid"], known["fetched_at"], strict=True)
-        if lookup_due_at(m, fetched_at, refresh_days) <= now
-    ]
+    due = (
+        []
+        if refresh_days is None
+        else [
+            m
+            for m, fetched_at in zip(known["membership_uuid"], known["fetched_at"], strict=True)
+            if lookup_due_at(m, fetched_at, refresh_days) <= now
+        ]
+    )
     remembered = known[~known["membership_uuid"].isin(due)]
     never = unlinked - set(known["membership_uuid"])
     return LookupPlan(

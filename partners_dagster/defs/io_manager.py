@@ -1,0 +1,86 @@
+"""Where asset values live: in the run's own process, never on disk.
+
+The API assets' values are the API's answers, and ``organisation_memberships`` holds
+teachers' emails. Dagster's default IO manager pickles them under ``$DAGSTER_HOME/storage``:
+personal data at rest on one pod's disk, which a run in another pod cannot read anyway.
+Here a value is kept in memory for the rest of its run (both jobs run in one process), and a
+run that needs an upstream value it did not compute (re-materializing one asset from the UI,
+in a fresh pod) rebuilds it from where it came from: the API through the response cache
+(which then is its storage, shared through Redis across hosts), and the database (the
+membership memory for ``organisation_memberships``). Nothing is written, and no API answer is
+asked again within the cache's expiry.
+"""
+
+import threading
+from typing import Any
+
+import dagster as dg
+
+from ..partners_api.resource import PartnersApiResource
+from ..teachcomputing.resource import TeachComputingDatabaseResource
+
+# run id -> asset key -> value. Only the newest run's values are kept: a process runs one
+# run at a time, and an old run's values must not pile up in a long-lived process.
+_VALUES: dict[str, dict[str, Any]] = {}
+_LOCK = threading.Lock()
+
+
+class RebuildingIOManager(dg.ConfigurableIOManager):
+    """Keeps asset values in memory for their run; rebuilds a missing upstream value from
+    the API (through the response cache) and the database. Writes nothing to disk."""
+
+    partners_api: PartnersApiResource
+    teachcomputing_db: TeachComputingDatabaseResource
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:  # assets that write the database and return no value
+            return
+        with _LOCK:
+            if context.run_id not in _VALUES:
+                _VALUES.clear()
+            _VALUES.setdefault(context.run_id, {})[context.asset_key.to_user_string()] = obj
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        key = context.asset_key.to_user_string()
+        run_id = context.step_context.run_id
+        with _LOCK:
+            held = _VALUES.get(run_id, {})
+            if key in held:
+                return held[key]
+        context.log.info(f"rebuilding {key} from the response cache and the database")
+        value = self.rebuild(key)
+        with _LOCK:
+            _VALUES.setdefault(run_id, {})[key] = value
+        return value
+
+    def rebuild(self, key: str) -> Any:
+        """The value of asset ``key`` as its run computed it, without its side effects."""
+        from ..steps.course_reports import fetch_course_enrolments, read_course_runs
+        from ..steps.latest_enrolment import select_latest_enrolments
+        from ..steps.membership_matching import plan_membership_lookups
+        from ..teachcomputing.models import utcnow
+
+        repository = self.teachcomputing_db.repository()
+        client = self.partners_api.client
+        if key == "course_runs":
+            known = repository.catalogue().activities["course_uuid"]
+            return read_course_runs(client, known, self.partners_api.ignored_courses).frame
+        if key == "course_enrolments":
+            return fetch_course_enrolments(client, self.rebuild("course_runs"))
+        if key == "organisation_memberships":
+            # What tonight's run asked and remembered: every answer is in the memory.
+            plan = plan_membership_lookups(
+                self.rebuild("course_enrolments").enrolments,
+                repository.linked_memberships(),
+                repository.membership_lookups(),
+                now=utcnow(),
+                refresh_days=None,
+            )
+            return plan.remembered.assign(source="memory")
+        if key == "latest_enrolments":
+            return select_latest_enrolments(
+                self.rebuild("course_enrolments"),
+                repository.linked_memberships(),
+                repository.catalogue().activities,
+            )
+        raise KeyError(f"no way to rebuild asset {key!r}")
