@@ -17,6 +17,7 @@ import contextlib
 import os
 import pwd
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -98,10 +99,11 @@ os.execv({pg_ctl!r}, [{pg_ctl!r}, *sys.argv[1:]])
 class ThrowawayPostgres:
     """A PostgreSQL cluster in a temporary folder on 127.0.0.1, for one test session.
 
-    `start()` runs initdb and starts the server on a free port, creates the database
-    `dbname` and returns its SQLAlchemy URL (superuser `postgres`, trust authentication on
-    loopback only); `stop()` stops the server and deletes every file it made. Also a context
-    manager. Nothing is left running if `start()` fails.
+    `start()` runs initdb and starts the server on a free port of 127.0.0.1, creates the
+    database `dbname` and returns its SQLAlchemy URL: superuser `postgres` with a random
+    password (SCRAM over TCP; trust only on the Unix socket in the server's own 0700 folder).
+    `stop()` stops the server and deletes every file it made. Also a context manager.
+    Nothing is left running if `start()` fails.
     """
 
     def __init__(self, bindir: Path, *, dbname: str = "partners_test") -> None:
@@ -142,6 +144,11 @@ class ThrowawayPostgres:
                 postgres_options="-c listen_addresses=127.0.0.1",
             )
             try:
+                self._executor.init_directory()
+                # Password (SCRAM) over TCP, trust only on the socket in our private folder.
+                (self.datadir / "pg_hba.conf").write_text(
+                    "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+                )
                 self._executor.start()
             except subprocess.CalledProcessError as error:
                 output = (error.output or b"").decode("utf-8", "replace").strip()
@@ -150,8 +157,9 @@ class ThrowawayPostgres:
                 raise RuntimeError(
                     self._describe_failure(f"{type(error).__name__}: {error}")
                 ) from error
-            self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{self.dbname}"
-            self._create_database(port)
+            password = secrets.token_hex(16)
+            self._create_database(port, password)
+            self.url = f"postgresql+psycopg2://postgres:{password}@127.0.0.1:{port}/{self.dbname}"
         except BaseException:
             self.stop()
             raise
@@ -212,15 +220,23 @@ class ThrowawayPostgres:
             f"in {self.workdir}: {what}{log}"
         )
 
-    def _create_database(self, port: int) -> None:
+    def _create_database(self, port: int, password: str) -> None:
+        """Sets the superuser's password and creates the database, through the socket."""
         from sqlalchemy import create_engine
+        from sqlalchemy.engine import URL
 
-        admin = create_engine(
-            f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres",
-            isolation_level="AUTOCOMMIT",
+        socket_url = URL.create(
+            "postgresql+psycopg2",
+            username="postgres",
+            database="postgres",
+            query={"host": str(self.workdir), "port": str(port)},
         )
+        admin = create_engine(socket_url, isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as connection:
+                connection.exec_driver_sql("SET password_encryption = 'scram-sha-256'")
+                # ALTER ROLE takes no bind parameters: the password is hex, so quoting is safe.
+                connection.exec_driver_sql(f"ALTER ROLE postgres PASSWORD '{password}'")
                 connection.exec_driver_sql(f'CREATE DATABASE "{self.dbname}"')
         finally:
             admin.dispose()

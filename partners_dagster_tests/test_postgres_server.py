@@ -7,7 +7,7 @@ import stat
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import URL, create_engine, make_url, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .postgres_server import (
@@ -197,8 +197,22 @@ def test_throwaway_cluster_gives_a_working_database_when_the_url_variable_is_uns
         engine.dispose()
 
 
-def test_throwaway_cluster_listens_on_loopback_only(throwaway):
+def test_throwaway_cluster_listens_on_loopback_only_and_asks_for_a_password(throwaway):
     assert _query(throwaway, "SELECT current_setting('listen_addresses')") == [("127.0.0.1",)]
+    url = make_url(throwaway)
+    assert url.username == "postgres"
+    assert url.password and len(url.password) >= 32
+    # URL.set() cannot remove a password: build the password-less URL afresh
+    no_password = URL.create(
+        url.drivername, username=url.username, host=url.host, port=url.port, database=url.database
+    )
+    for wrong in (no_password, url.set(password="not-the-password")):
+        engine = create_engine(wrong, connect_args={"connect_timeout": 5})
+        try:
+            with pytest.raises(OperationalError, match="password"), engine.connect():
+                pass
+        finally:
+            engine.dispose()
 
 
 def test_throwaway_server_runs_unprivileged_even_as_root_and_is_deleted_on_exit():
