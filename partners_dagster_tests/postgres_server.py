@@ -150,6 +150,14 @@ class ThrowawayPostgres:
                     "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
                 )
                 self._executor.start()
+                # The executor returns once the port accepts connections, which is before
+                # the server is ready ("the database system is starting up"). `pg_ctl start
+                # -w` exits, with 0, only when it is ready: wait for that.
+                launcher = self._executor.process
+                if launcher is not None:
+                    code = launcher.wait(timeout=START_TIMEOUT_SECONDS)
+                    if code != 0:
+                        raise RuntimeError(f"pg_ctl start exited with {code}")
             except subprocess.CalledProcessError as error:
                 output = (error.output or b"").decode("utf-8", "replace").strip()
                 raise RuntimeError(self._describe_failure(f"initdb failed: {output}")) from error
