@@ -1,6 +1,7 @@
-"""The production shape, end to end: dagster-webserver and dagster-daemon as real processes
-on loopback, this repository's dagster.yaml on real PostgreSQL, the sandbox API, and both
-jobs launched through Dagster's GraphQL client and the run queue."""
+"""The production shape, end to end: a gRPC code server, dagster-webserver and
+dagster-daemon as three real processes on loopback (the compose topology), this repository's
+dagster.yaml on real PostgreSQL, the sandbox API, both jobs launched through Dagster's GraphQL
+client and the run queue, then one asset re-materialized alone in a new run process."""
 
 from __future__ import annotations
 
@@ -72,7 +73,31 @@ def _graphql(port: int, query: str) -> dict:
     return response.json()["data"]
 
 
-def test_webserver_and_daemon_run_both_nights_from_the_queue(
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(1)
+
+
+def _wait_for_run(client, run_id: str, daemon: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while (status := client.get_run_status(run_id)) not in (
+        dg.DagsterRunStatus.SUCCESS,
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.CANCELED,
+    ):
+        assert time.monotonic() < deadline, f"run {run_id} stuck in {status}"
+        assert daemon.poll() is None, log.read_text()[-3000:]
+        time.sleep(1)
+    assert status == dg.DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
+
+
+def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
     tiny_dataset, tmp_path, dagster_database
 ):
     from dagster_graphql import DagsterGraphQLClient
@@ -88,12 +113,36 @@ def test_webserver_and_daemon_run_both_nights_from_the_queue(
         DAGSTER_PG_USERNAME=dagster_database.username,
         DAGSTER_PG_PASSWORD=dagster_database.password,
     )
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
+    # The webserver and daemon load no code: they reach it through the code server.
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+        f"      port: {grpc_port}\n      location_name: partners_dagster\n"
+    )
+    code_server = _start(
+        [
+            str(BIN / "dagster"),
+            "code-server",
+            "start",
+            "-m",
+            "partners_dagster.definitions",
+            "--location-name",
+            "partners_dagster",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(grpc_port),
+        ],
+        env,
+        tmp_path / "code-server.log",
+    )
+    _wait_for_port(grpc_port, code_server, tmp_path / "code-server.log", "the code server")
     webserver = _start(
         [
             str(BIN / "dagster-webserver"),
             "-w",
-            "workspace.yaml",
+            str(workspace),
             "-h",
             "127.0.0.1",
             "-p",
@@ -103,7 +152,7 @@ def test_webserver_and_daemon_run_both_nights_from_the_queue(
         tmp_path / "webserver.log",
     )
     daemon = _start(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp_path / "daemon.log"
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env, tmp_path / "daemon.log"
     )
     try:
         deadline = time.monotonic() + 180
@@ -120,20 +169,15 @@ def test_webserver_and_daemon_run_both_nights_from_the_queue(
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         run_ids = {}
         for job in ("update_memberships_job", "update_progress_job"):
-            run_id = client.submit_job_execution(job)
-            run_ids[job] = run_id
-            deadline = time.monotonic() + 300
-            while (status := client.get_run_status(run_id)) not in (
-                dg.DagsterRunStatus.SUCCESS,
-                dg.DagsterRunStatus.FAILURE,
-                dg.DagsterRunStatus.CANCELED,
-            ):
-                assert time.monotonic() < deadline, f"{job} stuck in {status}"
-                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
-                time.sleep(1)
-            assert status == dg.DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[
-                -3000:
-            ]
+            run_ids[job] = client.submit_job_execution(job)
+            _wait_for_run(client, run_ids[job], daemon, tmp_path / "daemon.log")
+        # One asset alone, as an operator re-materializes it from the UI: a new run process
+        # with none of its upstream values in memory rebuilds them through the cache and the
+        # database, and nothing is pickled to disk.
+        alone = client.submit_job_execution(
+            "update_progress_job", asset_selection=[dg.AssetKey("latest_enrolments")]
+        )
+        _wait_for_run(client, alone, daemon, tmp_path / "daemon.log")
 
         schedules = _graphql(
             port,
@@ -149,15 +193,19 @@ def test_webserver_and_daemon_run_both_nights_from_the_queue(
             port,
             """{ runsOrError { ... on Runs { results { runId jobName status tags { key value } } } } }""",
         )["runsOrError"]["results"]
-        assert {(r["jobName"], r["status"]) for r in runs} == {
+        # The daemon's freshness sensor may have launched a check-only run of its own.
+        runs = [r for r in runs if r["jobName"] != "__ASSET_JOB"]
+        assert sorted((r["jobName"], r["status"]) for r in runs) == [
             ("update_memberships_job", "SUCCESS"),
             ("update_progress_job", "SUCCESS"),
-        }
+            ("update_progress_job", "SUCCESS"),
+        ]
         for run in runs:  # both carry the tag the run queue limits to one at a time
             assert {"key": "partners_dagster/partners_api", "value": "futurelearn"} in run["tags"]
     finally:
         _stop(daemon)
         _stop(webserver)
+        _stop(code_server)
 
     # Read the materializations back from Dagster's PostgreSQL storage.
     previous = os.environ.copy()
@@ -169,14 +217,26 @@ def test_webserver_and_daemon_run_both_nights_from_the_queue(
             progress = instance.get_latest_materialization_event(
                 dg.AssetKey("achievement_progress")
             )
+            latest = instance.get_latest_materialization_event(dg.AssetKey("latest_enrolments"))
     finally:
         os.environ.clear()
         os.environ.update(previous)
     assert links.run_id == run_ids["update_memberships_job"]
     assert links.asset_materialization.metadata["memberships_linked"].value > 0
     assert progress.run_id == run_ids["update_progress_job"]
+    assert latest.run_id == alone
+    assert latest.asset_materialization.metadata["latest_enrolments"].value > 0
+    # No asset value was pickled under DAGSTER_HOME (only compute and sensor logs are there),
+    # and no learner's email is anywhere in it.
+    stored = [p for p in home.rglob("*") if p.is_file()]
+    assets = {"course_runs", "course_enrolments", "organisation_memberships", "latest_enrolments"}
+    assert stored and not [p for p in stored if p.name in assets]
+    emails = {e.lower() for e in tiny_dataset.users["email"].dropna()}
+    text_at_rest = b"".join(p.read_bytes() for p in stored).decode(errors="replace").lower()
+    assert not [e for e in emails if e in text_at_rest]
     assert progress.asset_materialization.metadata["achievements_created"].value > 0
     stored = night.query("SELECT count(*) AS n FROM achievements")["n"].iat[0]
     night.close()
     assert stored == progress.asset_materialization.metadata["achievements_created"].value
     assert webserver.poll() is not None and daemon.poll() is not None
+    assert code_server.poll() is not None
