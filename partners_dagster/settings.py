@@ -44,34 +44,41 @@ def database_url() -> str:
     return _env("TEACHCOMPUTING_DATABASE_URL") or default_database_url()
 
 
-def cache_expiry_seconds() -> int:
-    raw = _env("FL_PARTNERS_CACHE_EXPIRY_SECONDS")
+def _number(name: str, parse, default, low, high, what: str):
+    """Variable ``name`` read as a number from ``low`` to ``high``, or ``default`` when unset;
+    anything else fails naming the variable and what it must be."""
+    raw = _env(name)
     if raw is None:
-        return DEFAULT_CACHE_EXPIRY_SECONDS
+        return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigurationError(
-            f"FL_PARTNERS_CACHE_EXPIRY_SECONDS must be a whole number of seconds, got {raw!r}"
-        ) from None
-    if value < 0:
-        raise ConfigurationError(f"FL_PARTNERS_CACHE_EXPIRY_SECONDS must be >= 0, got {value}")
+        value = None
+    if value is None or not low <= value <= high:
+        raise ConfigurationError(f"{name} must be {what}, got {raw[:40]!r}")
     return value
+
+
+def cache_expiry_seconds() -> int:
+    return _number(
+        "FL_PARTNERS_CACHE_EXPIRY_SECONDS",
+        int,
+        DEFAULT_CACHE_EXPIRY_SECONDS,
+        0,
+        10**9,
+        "a whole number of seconds >= 0",
+    )
 
 
 def max_concurrency() -> int:
-    raw = _env("FL_PARTNERS_MAX_CONCURRENCY")
-    if raw is None:
-        return DEFAULT_MAX_CONCURRENCY
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigurationError(
-            f"FL_PARTNERS_MAX_CONCURRENCY must be an integer >= 1, got {raw!r}"
-        )
-    return value
+    return _number(
+        "FL_PARTNERS_MAX_CONCURRENCY",
+        int,
+        DEFAULT_MAX_CONCURRENCY,
+        1,
+        256,
+        "an integer from 1 to 256",
+    )
 
 
 IGNORED_COURSE_UUIDS = "FL_PARTNERS_IGNORED_COURSE_UUIDS"
@@ -124,18 +131,14 @@ def allow_insecure_http() -> bool:
 def membership_refresh_days() -> float:
     """FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS: how often an unlinked membership already looked up
     is asked for again (0 = every night)."""
-    raw = _env("FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS")
-    if raw is None:
-        return DEFAULT_MEMBERSHIP_REFRESH_DAYS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 365:
-        raise ConfigurationError(
-            f"FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS must be a number of days from 0 to 365, got {raw!r}"
-        )
-    return value
+    return _number(
+        "FL_PARTNERS_MEMBERSHIP_REFRESH_DAYS",
+        float,
+        DEFAULT_MEMBERSHIP_REFRESH_DAYS,
+        0,
+        365,
+        "a number of days from 0 to 365",
+    )
 
 
 def globalid_app() -> str:

@@ -136,13 +136,28 @@ class UserProgrammeEnrolment(WebsiteBase):
     updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
-class UserProgrammeEnrolmentTransition(WebsiteBase):
-    __tablename__ = "user_programme_enrolment_transitions"
-    __table_args__ = (
-        UniqueConstraint("user_programme_enrolment_id", "sort_key"),
+class StatesmanTransition:
+    """The columns statesman gives every transition table: state, metadata, order, and which
+    one is most recent (one per parent, by a partial unique index)."""
+
+    id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
+    to_state: Mapped[str] = mapped_column(String, nullable=False)
+    # `metadata` is reserved on declarative models; the column keeps its contract name.
+    transition_metadata: Mapped[dict | None] = mapped_column(
+        "metadata", JSONDocument, default=dict, server_default=text("'{}'")
+    )
+    sort_key: Mapped[int] = mapped_column(Integer, nullable=False)
+    most_recent: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
+
+
+def _statesman_indexes(table: str, parent: str) -> tuple:
+    return (
+        UniqueConstraint(parent, "sort_key", name=f"index_{table}_parent_sort"),
         Index(
-            "index_user_programme_enrolment_transitions_parent_most_recent",
-            "user_programme_enrolment_id",
+            f"index_{table}_parent_most_recent",
+            parent,
             "most_recent",
             unique=True,
             postgresql_where=text("most_recent"),
@@ -150,16 +165,12 @@ class UserProgrammeEnrolmentTransition(WebsiteBase):
         ),
     )
 
-    id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
-    to_state: Mapped[str] = mapped_column(String, nullable=False)
-    transition_metadata: Mapped[dict | None] = mapped_column(
-        "metadata", JSONDocument, default=dict, server_default=text("'{}'")
-    )
-    sort_key: Mapped[int] = mapped_column(Integer, nullable=False)
+
+class UserProgrammeEnrolmentTransition(StatesmanTransition, WebsiteBase):
+    __tablename__ = "user_programme_enrolment_transitions"
+    __table_args__ = _statesman_indexes(__tablename__, "user_programme_enrolment_id")
+
     user_programme_enrolment_id: Mapped[str] = mapped_column(UUIDText, nullable=False)
-    most_recent: Mapped[bool | None] = mapped_column(Boolean)
-    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
 class Achievement(WebsiteBase):
@@ -177,32 +188,11 @@ class Achievement(WebsiteBase):
     updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
-class AchievementTransition(WebsiteBase):
+class AchievementTransition(StatesmanTransition, WebsiteBase):
     __tablename__ = "achievement_transitions"
-    __table_args__ = (
-        UniqueConstraint("achievement_id", "sort_key"),
-        # statesman's invariant: one most recent transition per achievement.
-        Index(
-            "index_achievement_transitions_parent_most_recent",
-            "achievement_id",
-            "most_recent",
-            unique=True,
-            postgresql_where=text("most_recent"),
-            sqlite_where=text("most_recent"),
-        ),
-    )
+    __table_args__ = _statesman_indexes(__tablename__, "achievement_id")
 
-    id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
-    to_state: Mapped[str] = mapped_column(String, nullable=False)
-    # `metadata` is reserved on declarative models; the column keeps its contract name.
-    transition_metadata: Mapped[dict | None] = mapped_column(
-        "metadata", JSONDocument, default=dict, server_default=text("'{}'")
-    )
-    sort_key: Mapped[int] = mapped_column(Integer, nullable=False)
     achievement_id: Mapped[str] = mapped_column(UUIDText, nullable=False)
-    most_recent: Mapped[bool | None] = mapped_column(Boolean)
-    created_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(RailsTimestamp, nullable=False, default=utcnow)
 
 
 # -- this project's tables -------------------------------------------------------------------
