@@ -7,6 +7,7 @@ from ..partners_api.resource import PartnersApiResource
 from ..privacy import mask_email
 from ..steps.course_reports import CourseEnrolments
 from ..steps.membership_matching import (
+    enrolment_counts,
     fetch_memberships,
     match_memberships,
     plan_membership_lookups,
@@ -39,7 +40,10 @@ def organisation_memberships(
     client = partners_api.client
     with request_tally(client) as requests:
         fetched = fetch_memberships(client, plan.to_fetch)
-    repository.record_lookups(fetched, context.run.run_id)
+    counts = enrolment_counts(
+        course_enrolments.enrolments, [*plan.to_fetch, *plan.remembered["membership_uuid"]]
+    )
+    repository.record_lookups(fetched, context.run.run_id, counts)
     status = fetched["fetch_status"].value_counts()
     if status.get("failed", 0):
         context.log.warning(

@@ -121,3 +121,15 @@ def match_memberships(memberships: pd.DataFrame, users: pd.DataFrame) -> Members
             ambiguous, columns=["membership_uuid", "external_learner_id", "candidates"]
         ),
     )
+
+
+def enrolment_counts(enrolments: pd.DataFrame, membership_uuids: list[str]) -> pd.DataFrame:
+    """membership_uuid, enrolments, courses: what each of ``membership_uuids`` carries on
+    tonight's reports (runs of known courses), for support staff's list of the unmatched."""
+    mine = enrolments[enrolments["membership_uuid"].isin(membership_uuids)]
+    counts = mine.groupby("membership_uuid").agg(
+        enrolments=("run_uuid", "size"), courses=("course_uuid", "nunique")
+    )
+    return (
+        counts.reindex(membership_uuids, fill_value=0).rename_axis("membership_uuid").reset_index()
+    )
