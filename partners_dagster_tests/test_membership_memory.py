@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from sqlalchemy import insert, select, update
 
 from partners_dagster.rules import lookup_due_at
+from partners_dagster.sandbox import Faults
 from partners_dagster.steps.membership_matching import plan_membership_lookups
 from partners_dagster.teachcomputing.models import MembershipLookup, User
 from partners_dagster.tools.cli import main
@@ -351,6 +352,31 @@ def test_a_lookup_whose_due_time_has_passed_is_asked_again(school, teachers):
     assert (fetched["memberships_to_fetch"], fetched["memberships_never_looked_up"]) == (1, 0)
 
 
+def test_a_due_lookup_whose_refresh_fails_is_matched_on_its_last_answer(school, teachers):
+    # Alan's lookup is due tonight and the API fails it (500): his last answer is still
+    # matched against the users as they are now, so his new account is linked tonight; the
+    # lookup is not recorded as answered, so it stays due for the next night.
+    school.run("update_memberships_job")
+    table = MembershipLookup.__table__
+    long_ago = datetime.now(UTC) - timedelta(days=8)
+    with school.engine.begin() as connection:
+        connection.execute(
+            update(table)
+            .where(table.c.membership_uuid == teachers.m_alan)
+            .values(fetched_at=long_ago)
+        )
+    teachers.between_nights(school)
+    next_night(school)
+    path = f"/partners/organisation_memberships/{teachers.m_alan}"
+    school.api.faults = Faults(overrides={path: {"status": 500, "body": "{}"}})
+    second = school.run("update_memberships_job")
+    assert school.api.responses[("organisation_membership", 500)] == 3  # tried, then given up
+    fetched = materialization_metadata(second, "organisation_memberships")
+    assert fetched["memberships_failed"] == 1
+    assert links(school)[teachers.m_alan] == teachers.alan
+    assert lookups(school).at[teachers.m_alan, "fetched_at"] == long_ago  # still due
+
+
 def test_memory_gives_the_links_and_achievements_of_asking_every_night(tiny_dataset, tmp_path):
     # The same data, two databases: one asks the API every night (0), one remembers (7).
     # Between the nights a teacher corrects her email and another registers.
@@ -500,7 +526,16 @@ def test_unmatched_follows_the_users_as_they_are_now(school, teachers):
     assert frame["reason"].tolist() == [NO_SUCH_USER, AMBIGUOUS, NOT_FOUND]
 
 
-def test_remembered_counts_follow_the_reports(school, teachers):
+def test_remembered_counts_follow_the_reports(teachers, empty_database_url, tmp_path):
+    # On both backends: the counts are written by an upsert and a set-based update.
+    school = teachers.night(tmp_path / "counts", database_url=empty_database_url)
+    try:
+        _counts_follow_the_reports(school, teachers)
+    finally:
+        school.close()
+
+
+def _counts_follow_the_reports(school: Night, teachers: Teachers) -> None:
     school.run("update_memberships_job")
     assert lookups(school).at[teachers.m_stranger, "enrolments"] == 3
     # A run's report loses the stranger's enrolment: tomorrow's count says so, no request made.

@@ -11,6 +11,7 @@ from ..steps.membership_matching import (
     fetch_memberships,
     match_memberships,
     plan_membership_lookups,
+    remembered_answers,
 )
 from ..teachcomputing.models import utcnow
 from ..teachcomputing.resource import TeachComputingDatabaseResource
@@ -30,10 +31,11 @@ def organisation_memberships(
     or its lookup is due, else taken from the membership memory. Every answer (a 404
     included) is remembered."""
     repository = teachcomputing_db.repository()
+    lookups = repository.membership_lookups()
     plan = plan_membership_lookups(
         course_enrolments.enrolments,
         repository.linked_memberships(),
-        repository.membership_lookups(),
+        lookups,
         now=utcnow(),
         refresh_days=partners_api.membership_refresh_days,
     )
@@ -49,8 +51,17 @@ def organisation_memberships(
         context.log.warning(
             f"{status['failed']} membership(s) could not be fetched; they will be tried again next night"
         )
+    stale = remembered_answers(
+        lookups, set(fetched.loc[fetched["fetch_status"] == "failed", "membership_uuid"])
+    )
     memberships = pd.concat(
-        [fetched.assign(source="api"), plan.remembered.assign(source="memory")],
+        [
+            fetched[~fetched["membership_uuid"].isin(stale["membership_uuid"])].assign(
+                source="api"
+            ),
+            plan.remembered.assign(source="memory"),
+            stale.assign(source="memory"),
+        ],
         ignore_index=True,
     ).sort_values("membership_uuid", ignore_index=True)
     return dg.MaterializeResult(

@@ -133,3 +133,20 @@ def enrolment_counts(enrolments: pd.DataFrame, membership_uuids: list[str]) -> p
     return (
         counts.reindex(membership_uuids, fill_value=0).rename_axis("membership_uuid").reset_index()
     )
+
+
+def remembered_answers(lookups: pd.DataFrame, membership_uuids: set[str]) -> pd.DataFrame:
+    """MEMBERSHIP_COLUMNS from the memory for those of ``membership_uuids`` it holds: a due
+    lookup whose refresh failed tonight is matched again on its last answer, like every
+    remembered lookup (it stays due, so it is asked again next night)."""
+    known = lookups[lookups["membership_uuid"].isin(membership_uuids)]
+    return pd.DataFrame(
+        {
+            "membership_uuid": known["membership_uuid"],
+            "learner_uuid": known["learner_uuid"],
+            "external_learner_id": known["external_learner_id"],
+            "fetch_status": known["status"],
+            "error": None,
+        },
+        columns=MEMBERSHIP_COLUMNS,
+    ).reset_index(drop=True)

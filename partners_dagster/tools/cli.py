@@ -197,7 +197,7 @@ def outbox(pending: bool, database_url: str | None) -> None:
     "csv_file",
     default=None,
     type=click.Path(dir_okay=False),
-    help="Also write the list to this CSV file.",
+    help="Write the list to this CSV file instead of printing it.",
 )
 @database_url_option
 def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None) -> None:
