@@ -145,13 +145,19 @@ def user_ids_by_email(ids: Iterable[str], emails: Iterable[str | None]) -> dict[
 
 def lookup_due_at(membership_uuid: str, fetched_at: datetime, refresh_days: float) -> datetime:
     """When a remembered lookup of an unlinked membership is asked for again: somewhere
-    between N/2 and N days after it was made (N = ``refresh_days``), the point fixed per
-    membership by its UUID, so that about an equal share comes due each night and none
-    sooner than N/2 days. N = 0: due at once (ask every night)."""
+    between N/2 and N days after it was made (N = ``refresh_days``), the point fixed by a
+    hash of the membership's UUID and the lookup's time, so that about an equal share comes
+    due each night and none sooner than N/2 days. N = 0: due at once (ask every night).
+
+    The lookup's time is in the hash on purpose: with the UUID alone each membership would
+    keep one period for ever, nights fall on whole days, and a cohort looked up on one night
+    (the first night holds them all) would come due together again whenever those periods
+    line up (night 60 of N = 7: five times the mean). A fresh point per lookup mixes them."""
     if refresh_days <= 0:
         return fetched_at
-    digest = int(hashlib.blake2b(membership_uuid.encode(), digest_size=8).hexdigest(), 16)
-    share = digest / 2**64  # uniform in [0, 1), fixed for the membership
+    key = f"{membership_uuid} {int(fetched_at.timestamp())}".encode()
+    digest = int(hashlib.blake2b(key, digest_size=8).hexdigest(), 16)
+    share = digest / 2**64  # uniform in [0, 1), fixed for this lookup
     return fetched_at + timedelta(days=refresh_days * (0.5 + 0.5 * share))
 
 

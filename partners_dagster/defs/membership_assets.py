@@ -7,9 +7,11 @@ from ..partners_api.resource import PartnersApiResource
 from ..privacy import mask_email
 from ..steps.course_reports import CourseEnrolments
 from ..steps.membership_matching import (
+    enrolment_counts,
     fetch_memberships,
     match_memberships,
     plan_membership_lookups,
+    remembered_answers,
 )
 from ..teachcomputing.models import utcnow
 from ..teachcomputing.resource import TeachComputingDatabaseResource
@@ -29,24 +31,37 @@ def organisation_memberships(
     or its lookup is due, else taken from the membership memory. Every answer (a 404
     included) is remembered."""
     repository = teachcomputing_db.repository()
+    lookups = repository.membership_lookups()
     plan = plan_membership_lookups(
         course_enrolments.enrolments,
         repository.linked_memberships(),
-        repository.membership_lookups(),
+        lookups,
         now=utcnow(),
         refresh_days=partners_api.membership_refresh_days,
     )
     client = partners_api.client
     with request_tally(client) as requests:
         fetched = fetch_memberships(client, plan.to_fetch)
-    repository.record_lookups(fetched, context.run.run_id)
+    counts = enrolment_counts(
+        course_enrolments.enrolments, [*plan.to_fetch, *plan.remembered["membership_uuid"]]
+    )
+    repository.record_lookups(fetched, context.run.run_id, counts)
     status = fetched["fetch_status"].value_counts()
     if status.get("failed", 0):
         context.log.warning(
             f"{status['failed']} membership(s) could not be fetched; they will be tried again next night"
         )
+    stale = remembered_answers(
+        lookups, set(fetched.loc[fetched["fetch_status"] == "failed", "membership_uuid"])
+    )
     memberships = pd.concat(
-        [fetched.assign(source="api"), plan.remembered.assign(source="memory")],
+        [
+            fetched[~fetched["membership_uuid"].isin(stale["membership_uuid"])].assign(
+                source="api"
+            ),
+            plan.remembered.assign(source="memory"),
+            stale.assign(source="memory"),
+        ],
         ignore_index=True,
     ).sort_values("membership_uuid", ignore_index=True)
     return dg.MaterializeResult(

@@ -126,3 +126,32 @@ def match_memberships(memberships: pd.DataFrame, users: pd.DataFrame) -> Members
             ambiguous, columns=["membership_uuid", "external_learner_id", "candidates"]
         ),
     )
+
+
+def enrolment_counts(enrolments: pd.DataFrame, membership_uuids: list[str]) -> pd.DataFrame:
+    """membership_uuid, enrolments, courses: what each of ``membership_uuids`` carries on
+    tonight's reports (runs of known courses), for support staff's list of the unmatched."""
+    mine = enrolments[enrolments["membership_uuid"].isin(membership_uuids)]
+    counts = mine.groupby("membership_uuid").agg(
+        enrolments=("run_uuid", "size"), courses=("course_uuid", "nunique")
+    )
+    return (
+        counts.reindex(membership_uuids, fill_value=0).rename_axis("membership_uuid").reset_index()
+    )
+
+
+def remembered_answers(lookups: pd.DataFrame, membership_uuids: set[str]) -> pd.DataFrame:
+    """MEMBERSHIP_COLUMNS from the memory for those of ``membership_uuids`` it holds: a due
+    lookup whose refresh failed tonight is matched again on its last answer, like every
+    remembered lookup (it stays due, so it is asked again next night)."""
+    known = lookups[lookups["membership_uuid"].isin(membership_uuids)]
+    return pd.DataFrame(
+        {
+            "membership_uuid": known["membership_uuid"],
+            "learner_uuid": known["learner_uuid"],
+            "external_learner_id": known["external_learner_id"],
+            "fetch_status": known["status"],
+            "error": None,
+        },
+        columns=MEMBERSHIP_COLUMNS,
+    ).reset_index(drop=True)

@@ -223,6 +223,9 @@ class MembershipLookup(OwnBase):
     # When a night first looked this membership up (for support staff's list of the unmatched).
     first_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+    # What the membership carries on the latest reports (null until a night has counted).
+    enrolments: Mapped[int | None] = mapped_column(Integer)
+    courses: Mapped[int | None] = mapped_column(Integer)
 
 
 class OutboxJob(OwnBase):

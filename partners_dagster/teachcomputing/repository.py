@@ -231,8 +231,9 @@ class TeachComputingRepository:
     # -- membership lookups ------------------------------------------------------------------
 
     def membership_lookups(self) -> pd.DataFrame:
-        """What the API last said about each membership looked up."""
-        return self._frame(
+        """What the API last said about each membership looked up, and what it carries on
+        the latest reports (``enrolments``, ``courses``: null until counted)."""
+        frame = self._frame(
             select(
                 MembershipLookup.membership_uuid,
                 MembershipLookup.status,
@@ -240,6 +241,8 @@ class TeachComputingRepository:
                 MembershipLookup.external_learner_id,
                 MembershipLookup.fetched_at,
                 MembershipLookup.first_fetched_at,
+                MembershipLookup.enrolments,
+                MembershipLookup.courses,
             ),
             [
                 "membership_uuid",
@@ -248,14 +251,33 @@ class TeachComputingRepository:
                 "external_learner_id",
                 "fetched_at",
                 "first_fetched_at",
+                "enrolments",
+                "courses",
             ],
         )
+        for column in ("enrolments", "courses"):
+            frame[column] = frame[column].astype("Int64")
+        return frame
 
-    def record_lookups(self, lookups: pd.DataFrame, dagster_run_id: str) -> int:
-        """Remember each API answer (found or not_found); failed lookups are not answers."""
+    def record_lookups(
+        self, lookups: pd.DataFrame, dagster_run_id: str, counts: pd.DataFrame | None = None
+    ) -> int:
+        """Remember each API answer (found or not_found); failed lookups are not answers.
+
+        ``counts`` (membership_uuid, enrolments, courses): what tonight's reports carry for
+        each membership. Stored with tonight's answers, and for each membership remembered
+        already whose counts changed (a steady night rewrites few rows). One transaction."""
         answered = lookups[lookups["fetch_status"].isin(["found", "not_found"])]
-        if answered.empty:
-            return 0
+        counted: dict[str, tuple[int, int]] = (
+            {}
+            if counts is None
+            else {
+                m: (int(e), int(c))
+                for m, e, c in zip(
+                    counts["membership_uuid"], counts["enrolments"], counts["courses"], strict=True
+                )
+            }
+        )
         now = utcnow()
         rows = [
             {
@@ -266,6 +288,8 @@ class TeachComputingRepository:
                 "fetched_at": now,
                 "first_fetched_at": now,
                 "dagster_run_id": dagster_run_id,
+                "enrolments": counted.get(m, (None, None))[0],
+                "courses": counted.get(m, (None, None))[1],
             }
             for m, status, learner, external in zip(
                 answered["membership_uuid"],
@@ -279,17 +303,27 @@ class TeachComputingRepository:
         with self.engine.begin() as connection:
             for chunk in batches(rows):
                 statement = _insert(connection, table)
+                kept = {
+                    "status": statement.excluded.status,
+                    "learner_uuid": statement.excluded.learner_uuid,
+                    "external_learner_id": statement.excluded.external_learner_id,
+                    "fetched_at": statement.excluded.fetched_at,
+                    "dagster_run_id": statement.excluded.dagster_run_id,
+                }
+                if counts is not None:  # else the stored counts stay
+                    kept |= {
+                        "enrolments": statement.excluded.enrolments,
+                        "courses": statement.excluded.courses,
+                    }
                 statement = statement.on_conflict_do_update(
-                    index_elements=["membership_uuid"],
-                    set_={
-                        "status": statement.excluded.status,
-                        "learner_uuid": statement.excluded.learner_uuid,
-                        "external_learner_id": statement.excluded.external_learner_id,
-                        "fetched_at": statement.excluded.fetched_at,
-                        "dagster_run_id": statement.excluded.dagster_run_id,
-                    },
+                    index_elements=["membership_uuid"], set_=kept
                 )
                 connection.execute(statement, list(chunk))
+            answered_now = {r["membership_uuid"] for r in rows}
+            _update_changed_counts(
+                connection,
+                {m: c for m, c in counted.items() if m not in answered_now},
+            )
         return len(rows)
 
     # -- step 2: achievements --------------------------------------------------------------
@@ -551,3 +585,30 @@ def _stored_links(connection: Connection, membership_uuids: list[str]) -> dict[s
             ).all()
         )
     return stored
+
+
+def _update_changed_counts(connection: Connection, counted: dict[str, tuple[int, int]]) -> None:
+    """Store the counts of remembered lookups, writing only the rows whose counts changed."""
+    table = MembershipLookup.__table__
+    stored: dict[str, tuple] = {}
+    for chunk in batches(list(counted)):
+        stored.update(
+            (m, (e, c))
+            for m, e, c in connection.execute(
+                select(table.c.membership_uuid, table.c.enrolments, table.c.courses).where(
+                    table.c.membership_uuid.in_(chunk)
+                )
+            )
+        )
+    changed = [
+        {"m": m, "e": e, "c": c}
+        for m, (e, c) in counted.items()
+        if m in stored and stored[m] != (e, c)
+    ]
+    statement = (
+        update(table)
+        .where(table.c.membership_uuid == bindparam("m"))
+        .values(enrolments=bindparam("e"), courses=bindparam("c"))
+    )
+    for chunk in batches(changed):
+        connection.execute(statement, list(chunk))

@@ -191,6 +191,35 @@ def outbox(pending: bool, database_url: str | None) -> None:
 
 
 @main.command()
+@click.option("--show-emails", is_flag=True, help="Show external ids (emails) unmasked.")
+@click.option(
+    "--csv",
+    "csv_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the list to this CSV file instead of printing it.",
+)
+@database_url_option
+def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None) -> None:
+    """The teachers whose FutureLearn membership names no account: membership, reason, external
+    id (masked unless --show-emails), first seen, last looked up, enrolments and courses."""
+    from .unmatched import unmatched_memberships, unmatched_summary
+
+    frame = unmatched_memberships(_repository(database_url), show_emails=show_emails)
+    if csv_file:
+        frame.to_csv(csv_file, index=False)
+        click.echo(f"wrote {len(frame)} row(s) to {csv_file}")
+    elif not frame.empty:
+        shown = frame.assign(
+            first_seen=frame["first_seen"].dt.strftime("%Y-%m-%d %H:%M"),
+            last_looked_up=frame["last_looked_up"].dt.strftime("%Y-%m-%d %H:%M"),
+        )
+        click.echo(shown.astype(object).where(shown.notna(), "-").to_string(index=False))
+        click.echo("")
+    click.echo(unmatched_summary(frame))
+
+
+@main.command()
 @scale_option
 @seed_option
 @click.option(
