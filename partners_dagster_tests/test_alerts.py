@@ -62,8 +62,12 @@ def sentry_dsn(recorder, monkeypatch):
     import sentry_sdk
 
     # Close this test's client while its endpoint still listens, so nothing retries later.
-    sentry_sdk.get_client().close(timeout=5)
-    sentry_sdk.init(dsn=None)
+    client = sentry_sdk.get_client()
+    # Only what alerts.py sends: no integration patched into SQLAlchemy, threading or logging,
+    # which would trace every query of a night (and of every later test in this process).
+    assert set(client.integrations) == set()
+    client.close(timeout=5)
+    sentry_sdk.init(dsn=None, default_integrations=False, auto_enabling_integrations=False)
     monkeypatch.setattr(alerts, "_sentry_dsn_in_use", None)
 
 

@@ -83,6 +83,10 @@ def _sentry():
             # Only what this module sends explicitly: the logging integration would forward
             # any ERROR log line, and those may name a teacher.
             default_integrations=False,
+            # Nor the integrations it would switch on by itself (SQLAlchemy, threading, ...):
+            # they would trace every query of the night and slow it down for nothing.
+            auto_enabling_integrations=False,
+            traces_sample_rate=0.0,
         )
         _sentry_dsn_in_use = settings.sentry_dsn
     return sentry_sdk
