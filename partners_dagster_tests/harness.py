@@ -121,7 +121,8 @@ class Night:
     def state(self) -> dict[str, pd.DataFrame]:
         """The database's meaning, free of ids, timestamps and run ids that differ between
         equivalent nights: what two nights must agree on."""
-        links = self.repository().linked_memberships()
+        # Every array entry: a membership in two arrays, or twice in one, shows as a row.
+        links = self.repository().membership_array_entries()
         link_rows = self.query(
             "SELECT membership_uuid, user_id, matched_by FROM partners_dagster_membership_links"
         )

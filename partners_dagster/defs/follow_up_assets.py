@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ..sidekiq.delivery import DeliveryResult
 from ..sidekiq.resource import SidekiqResource
 from ..steps.follow_up_delivery import MAX_WAIT, RepositoryOutboxStore
 from ..teachcomputing.models import utcnow
@@ -29,7 +30,14 @@ def follow_up_jobs(
     """Delivers every undelivered outbox row (earlier nights' included) to the website's
     Sidekiq, exactly as Rails 6.1's ActiveJob Sidekiq adapter enqueues it, each once. Without
     TEACHCOMPUTING_SIDEKIQ_REDIS_URL the jobs wait in the outbox and are counted."""
-    result = sidekiq.deliver(RepositoryOutboxStore(teachcomputing_db.repository()), now=utcnow())
+    repository, now = teachcomputing_db.repository(), utcnow()
+    if sidekiq.configured:
+        result = sidekiq.deliver(RepositoryOutboxStore(repository), now=now)
+    else:  # nothing to deliver to: count what waits, without loading it
+        waiting, oldest_at = repository.outbox_waiting()
+        result = DeliveryResult(
+            waiting=waiting, oldest_waiting_age=now - oldest_at if oldest_at else None
+        )
     if not sidekiq.configured and result.waiting:
         context.log.warning(
             f"{result.waiting} follow-up job(s) wait in the outbox: "

@@ -113,7 +113,12 @@ class TeachComputingRepository:
 
     def linked_memberships(self) -> pd.DataFrame:
         """membership_uuid, user_id for every membership in some user's
-        ``future_learn_organisation_memberships``, whoever put it there."""
+        ``future_learn_organisation_memberships``, whoever put it there (once each)."""
+        return self.membership_array_entries().drop_duplicates("membership_uuid", ignore_index=True)
+
+    def membership_array_entries(self) -> pd.DataFrame:
+        """Every entry of every user's memberships array, duplicates included (there must be
+        none: a membership in two arrays, or twice in one, is a bug this shows)."""
         with read_only(self.engine) as connection:
             if connection.dialect.name == "postgresql":
                 statement = text(
@@ -130,7 +135,7 @@ class TeachComputingRepository:
             lambda v: canonical_uuid_text(str(v))
         )
         frame["user_id"] = frame["user_id"].map(lambda v: canonical_uuid_text(str(v)))
-        return frame.drop_duplicates("membership_uuid", ignore_index=True)
+        return frame
 
     def users(self) -> pd.DataFrame:
         """id, email (may be null), forgotten (bool) of every user."""
@@ -393,6 +398,15 @@ class TeachComputingRepository:
             ],
         )
 
+    def outbox_waiting(self) -> tuple[int, datetime | None]:
+        """How many outbox rows wait for delivery, and when the oldest was written."""
+        o = OutboxJob
+        with read_only(self.engine) as connection:
+            count, oldest = connection.execute(
+                select(func.count(), func.min(o.created_at)).where(o.dispatched_at.is_(None))
+            ).one()
+        return count, oldest
+
     def assign_jid(self, outbox_id: int, jid: str) -> str:
         """Record the Sidekiq jid a row will be pushed with, before the push; a row that has
         one keeps it (a retry must push the same jid, so the marker can be checked)."""
@@ -450,34 +464,31 @@ class CourseWriter:
         """id, user_id, progress, programme_id, state, last_sort_key of the course's
         achievements, locked for this transaction on PostgreSQL."""
         a, t = Achievement, AchievementTransition
-        locked = select(a.id, a.user_id, a.progress, a.programme_id).where(
-            a.activity_id == self.activity_id
+        earlier = aliased(AchievementTransition)
+        last_sort_key = (
+            select(func.max(earlier.sort_key))
+            .where(earlier.achievement_id == a.id)
+            .correlate(a)
+            .scalar_subquery()
+        )
+        statement = (
+            select(
+                a.id,
+                a.user_id,
+                a.progress,
+                a.programme_id,
+                func.coalesce(t.to_state, ENROLLED),
+                func.coalesce(last_sort_key, 0),
+            )
+            .outerjoin(t, and_(t.achievement_id == a.id, t.most_recent.is_(True)))
+            .where(a.activity_id == self.activity_id)
         )
         if self.connection.dialect.name == "postgresql":
-            locked = locked.with_for_update()  # SQLite holds the write lock already
+            # SQLite holds the write lock already; PostgreSQL locks the achievements.
+            statement = statement.with_for_update(of=a)
         stored = pd.DataFrame(
-            self.connection.execute(locked).all(),
-            columns=["id", "user_id", "progress", "programme_id"],
-        )
-        course = a.activity_id == self.activity_id
-        last = self.connection.execute(
-            select(t.achievement_id, func.max(t.sort_key))
-            .join(a, a.id == t.achievement_id)
-            .where(course)
-            .group_by(t.achievement_id)
-        ).all()
-        current = self.connection.execute(
-            select(t.achievement_id, t.to_state)
-            .join(a, a.id == t.achievement_id)
-            .where(course, t.most_recent.is_(True))
-        ).all()
-        states = pd.DataFrame(last, columns=["id", "last_sort_key"]).merge(
-            pd.DataFrame(current, columns=["id", "state"]), on="id", how="outer"
-        )
-        stored = stored.merge(states, on="id", how="left")
-        stored["state"] = stored["state"].astype(object).where(stored["state"].notna(), ENROLLED)
-        stored["last_sort_key"] = (
-            pd.to_numeric(stored["last_sort_key"], errors="coerce").fillna(0).astype("int64")
+            self.connection.execute(statement).all(),
+            columns=["id", "user_id", "progress", "programme_id", "state", "last_sort_key"],
         )
         return stored
 
