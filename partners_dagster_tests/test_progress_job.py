@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -309,3 +310,21 @@ def test_every_achievement_matches_an_independent_computation(tiny_dataset, tmp_
         assert progress["follow_up_jobs_queued"] == 0
     finally:
         night.close()
+
+
+def test_one_asset_alone_rebuilds_its_upstream_values_without_asking_the_api(night):
+    # Asset values are never pickled: a run of latest_enrolments alone rebuilds course_runs
+    # and course_enrolments from the response cache and the database.
+    import dagster as dg
+
+    _, progress = night.both_steps()
+    expected = materialization_metadata(progress, "latest_enrolments")["latest_enrolments"]
+    night.api.requests.clear()
+    alone = night.defs.resolve_job_def("update_progress_job").execute_in_process(
+        instance=night.instance, asset_selection=[dg.AssetKey("latest_enrolments")]
+    )
+    assert alone.success
+    assert materialization_metadata(alone, "latest_enrolments")["latest_enrolments"] == expected
+    assert sum(night.api.requests.values()) == 0
+    stored = [p.name for p in Path(night.instance.root_directory).rglob("*") if p.is_file()]
+    assert stored and not {"course_runs", "course_enrolments", "latest_enrolments"} & set(stored)

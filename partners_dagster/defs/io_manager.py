@@ -25,6 +25,13 @@ _VALUES: dict[str, dict[str, Any]] = {}
 _LOCK = threading.Lock()
 
 
+def _keep(run_id: str, key: str, value: Any) -> None:
+    with _LOCK:
+        if run_id not in _VALUES:
+            _VALUES.clear()  # a new run: the previous run's values are done with
+        _VALUES.setdefault(run_id, {})[key] = value
+
+
 class RebuildingIOManager(dg.ConfigurableIOManager):
     """Keeps asset values in memory for their run; rebuilds a missing upstream value from
     the API (through the response cache) and the database. Writes nothing to disk."""
@@ -35,10 +42,7 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:  # assets that write the database and return no value
             return
-        with _LOCK:
-            if context.run_id not in _VALUES:
-                _VALUES.clear()
-            _VALUES.setdefault(context.run_id, {})[context.asset_key.to_user_string()] = obj
+        _keep(context.run_id, context.asset_key.to_user_string(), obj)
 
     def load_input(self, context: dg.InputContext) -> Any:
         key = context.asset_key.to_user_string()
@@ -48,13 +52,20 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
             if key in held:
                 return held[key]
         context.log.info(f"rebuilding {key} from the response cache and the database")
-        value = self.rebuild(key)
+        return self.rebuild(key, run_id)
+
+    def rebuild(self, key: str, run_id: str) -> Any:
+        """The value of asset ``key`` as its run computed it, without its side effects; each
+        value rebuilt (upstream ones too) is kept for the rest of the run."""
         with _LOCK:
-            _VALUES.setdefault(run_id, {})[key] = value
+            held = _VALUES.get(run_id, {})
+            if key in held:
+                return held[key]
+        value = self._compute(key, run_id)
+        _keep(run_id, key, value)
         return value
 
-    def rebuild(self, key: str) -> Any:
-        """The value of asset ``key`` as its run computed it, without its side effects."""
+    def _compute(self, key: str, run_id: str) -> Any:
         from ..steps.course_reports import fetch_course_enrolments, read_course_runs
         from ..steps.latest_enrolment import select_latest_enrolments
         from ..steps.membership_matching import plan_membership_lookups
@@ -66,11 +77,11 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
             known = repository.catalogue().activities["course_uuid"]
             return read_course_runs(client, known, self.partners_api.ignored_courses).frame
         if key == "course_enrolments":
-            return fetch_course_enrolments(client, self.rebuild("course_runs"))
+            return fetch_course_enrolments(client, self.rebuild("course_runs", run_id))
         if key == "organisation_memberships":
             # What tonight's run asked and remembered: every answer is in the memory.
             plan = plan_membership_lookups(
-                self.rebuild("course_enrolments").enrolments,
+                self.rebuild("course_enrolments", run_id).enrolments,
                 repository.linked_memberships(),
                 repository.membership_lookups(),
                 now=utcnow(),
@@ -79,7 +90,7 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
             return plan.remembered.assign(source="memory")
         if key == "latest_enrolments":
             return select_latest_enrolments(
-                self.rebuild("course_enrolments"),
+                self.rebuild("course_enrolments", run_id),
                 repository.linked_memberships(),
                 repository.catalogue().activities,
             )
