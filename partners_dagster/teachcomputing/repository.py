@@ -150,10 +150,6 @@ class TeachComputingRepository:
         with read_only(self.engine) as connection:
             return set(connection.scalars(select(User.id).where(User.forgotten.is_(True))))
 
-    def user_count(self) -> int:
-        with read_only(self.engine) as connection:
-            return connection.execute(select(func.count()).select_from(User)).scalar_one()
-
     def programme_enrolments(self) -> pd.DataFrame:
         """user_id, programme_id, created_at, state: each programme enrolment, its state the
         ``to_state`` of its most recent transition (``enrolled`` when it has none)."""
