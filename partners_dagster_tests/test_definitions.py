@@ -189,3 +189,23 @@ def test_the_freshness_check_is_the_daemons_not_a_step_of_a_job():
         assert "freshness_check" not in checks
     progress = defs.resolve_job_def("update_progress_job").asset_layer.asset_graph.asset_check_keys
     assert {k.name for k in progress} >= {"progress_never_decreases", "outbox_drained"}
+
+
+def test_the_wiring_imports_no_sqlalchemy_and_no_database_module():
+    # Assets are thin: SQL lives in the repository, the units of work in steps/.
+    import ast
+
+    for path in (ROOT / "partners_dagster" / "defs").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {
+            node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        forbidden = {
+            n for n in names if n.startswith("sqlalchemy") or n.endswith(("models", "repository"))
+        }
+        assert not forbidden, f"{path.name} imports {forbidden}"

@@ -1,11 +1,12 @@
 """The last step of update_progress_job: follow-up jobs reach the website's Sidekiq."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 
 from ..sidekiq.delivery import DeliveryResult
 from ..sidekiq.resource import SidekiqResource
 from ..steps.follow_up_delivery import MAX_WAIT, RepositoryOutboxStore
-from ..teachcomputing.models import utcnow
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import GROUP
 
@@ -30,7 +31,7 @@ def follow_up_jobs(
     """Delivers every undelivered outbox row (earlier nights' included) to the website's
     Sidekiq, exactly as Rails 6.1's ActiveJob Sidekiq adapter enqueues it, each once. Without
     TEACHCOMPUTING_SIDEKIQ_REDIS_URL the jobs wait in the outbox and are counted."""
-    repository, now = teachcomputing_db.repository(), utcnow()
+    repository, now = teachcomputing_db.repository(), datetime.now(UTC)
     if sidekiq.configured:
         result = sidekiq.deliver(RepositoryOutboxStore(repository), now=now)
     else:  # nothing to deliver to: count what waits, without loading it

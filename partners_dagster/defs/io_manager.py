@@ -12,6 +12,7 @@ asked again within the cache's expiry.
 """
 
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -69,7 +70,6 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
         from ..steps.course_reports import fetch_course_enrolments, read_course_runs
         from ..steps.latest_enrolment import select_latest_enrolments
         from ..steps.membership_matching import plan_membership_lookups
-        from ..teachcomputing.models import utcnow
 
         repository = self.teachcomputing_db.repository()
         client = self.partners_api.client
@@ -84,7 +84,7 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
                 self.rebuild("course_enrolments", run_id).enrolments,
                 repository.linked_memberships(),
                 repository.membership_lookups(),
-                now=utcnow(),
+                now=datetime.now(UTC),
                 refresh_days=None,
             )
             return plan.remembered.assign(source="memory")

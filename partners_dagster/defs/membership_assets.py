@@ -1,19 +1,15 @@
 """Step 1 — link FutureLearn organisation memberships to Teach Computing users."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import pandas as pd
 
 from ..partners_api.resource import PartnersApiResource
 from ..privacy import mask_email
 from ..steps.course_reports import CourseEnrolments
-from ..steps.membership_matching import (
-    enrolment_counts,
-    fetch_memberships,
-    match_memberships,
-    plan_membership_lookups,
-    remembered_answers,
-)
-from ..teachcomputing.models import utcnow
+from ..steps.membership_lookup import look_up_memberships
+from ..steps.membership_matching import match_memberships
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import GROUP
 from .metadata import request_tally, table
@@ -30,51 +26,32 @@ def organisation_memberships(
     yet, once however many runs it appears on: asked of the API when it was never looked up
     or its lookup is due, else taken from the membership memory. Every answer (a 404
     included) is remembered."""
-    repository = teachcomputing_db.repository()
-    lookups = repository.membership_lookups()
-    plan = plan_membership_lookups(
-        course_enrolments.enrolments,
-        repository.linked_memberships(),
-        lookups,
-        now=utcnow(),
-        refresh_days=partners_api.membership_refresh_days,
-    )
     client = partners_api.client
     with request_tally(client) as requests:
-        fetched = fetch_memberships(client, plan.to_fetch)
-    counts = enrolment_counts(
-        course_enrolments.enrolments, [*plan.to_fetch, *plan.remembered["membership_uuid"]]
-    )
-    repository.record_lookups(fetched, context.run.run_id, counts)
-    status = fetched["fetch_status"].value_counts()
-    if status.get("failed", 0):
-        context.log.warning(
-            f"{status['failed']} membership(s) could not be fetched; they will be tried again next night"
+        result = look_up_memberships(
+            client,
+            teachcomputing_db.repository(),
+            course_enrolments,
+            dagster_run_id=context.run.run_id,
+            now=datetime.now(UTC),
+            refresh_days=partners_api.membership_refresh_days,
         )
-    stale = remembered_answers(
-        lookups, set(fetched.loc[fetched["fetch_status"] == "failed", "membership_uuid"])
-    )
-    memberships = pd.concat(
-        [
-            fetched[~fetched["membership_uuid"].isin(stale["membership_uuid"])].assign(
-                source="api"
-            ),
-            plan.remembered.assign(source="memory"),
-            stale.assign(source="memory"),
-        ],
-        ignore_index=True,
-    ).sort_values("membership_uuid", ignore_index=True)
+    plan, failed = result.plan, result.fetched_count("failed")
+    if failed:
+        context.log.warning(
+            f"{failed} membership(s) could not be fetched; they will be tried again next night"
+        )
     return dg.MaterializeResult(
-        value=memberships,
+        value=result.memberships,
         metadata={
             "memberships_on_reports": plan.on_reports,
             "memberships_already_linked": plan.already_linked,
             "memberships_to_fetch": len(plan.to_fetch),
             "memberships_never_looked_up": plan.never_looked_up,
             "memberships_from_memory": len(plan.remembered),
-            "memberships_fetched": int(status.get("found", 0)),
-            "memberships_not_found": int(status.get("not_found", 0)),
-            "memberships_failed": int(status.get("failed", 0)),
+            "memberships_fetched": result.fetched_count("found"),
+            "memberships_not_found": result.fetched_count("not_found"),
+            "memberships_failed": failed,
             **requests,
         },
     )

@@ -1,0 +1,71 @@
+"""Step 1's unit of work: tonight's unlinked memberships, asked of the API or taken from the
+membership memory, every answer remembered. No Dagster: the asset maps the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from ..partners_api import PartnersApiClient
+from ..teachcomputing.repository import TeachComputingRepository
+from .course_reports import CourseEnrolments
+from .membership_matching import (
+    LookupPlan,
+    enrolment_counts,
+    fetch_memberships,
+    plan_membership_lookups,
+    remembered_answers,
+)
+
+
+@dataclass(frozen=True)
+class MembershipLookups:
+    memberships: pd.DataFrame  # MEMBERSHIP_COLUMNS + source (api or memory), one per membership
+    plan: LookupPlan
+    fetched: pd.DataFrame  # what the API answered tonight (fetch_status found/not_found/failed)
+
+    def fetched_count(self, status: str) -> int:
+        return int((self.fetched["fetch_status"] == status).sum())
+
+
+def look_up_memberships(
+    client: PartnersApiClient,
+    repository: TeachComputingRepository,
+    course_enrolments: CourseEnrolments,
+    *,
+    dagster_run_id: str,
+    now: datetime,
+    refresh_days: float,
+) -> MembershipLookups:
+    """Ask the API about the memberships that are new or due, remember every answer (with how
+    many enrolments and courses each carries tonight), and return those answers with the
+    remembered ones. A due refresh that failed is matched on its last answer tonight, and
+    stays due."""
+    lookups = repository.membership_lookups()
+    plan = plan_membership_lookups(
+        course_enrolments.enrolments,
+        repository.linked_memberships(),
+        lookups,
+        now=now,
+        refresh_days=refresh_days,
+    )
+    fetched = fetch_memberships(client, plan.to_fetch)
+    counts = enrolment_counts(
+        course_enrolments.enrolments, [*plan.to_fetch, *plan.remembered["membership_uuid"]]
+    )
+    repository.record_lookups(fetched, dagster_run_id, counts)
+    failed = set(fetched.loc[fetched["fetch_status"] == "failed", "membership_uuid"])
+    stale = remembered_answers(lookups, failed)
+    memberships = pd.concat(
+        [
+            fetched[~fetched["membership_uuid"].isin(stale["membership_uuid"])].assign(
+                source="api"
+            ),
+            plan.remembered.assign(source="memory"),
+            stale.assign(source="memory"),
+        ],
+        ignore_index=True,
+    ).sort_values("membership_uuid", ignore_index=True)
+    return MembershipLookups(memberships, plan, fetched)
