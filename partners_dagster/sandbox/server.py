@@ -617,7 +617,8 @@ class SandboxControl:
         return f"SandboxControl({self.url!r})"
 
 
-def _loopback_family(host: str) -> socket.AddressFamily:
+def loopback_family(host: str) -> socket.AddressFamily:
+    """The socket family to listen on ``host`` with; ValueError unless it is loopback."""
     if host == "localhost":
         return socket.AF_INET
     try:
@@ -638,7 +639,7 @@ class SandboxServer:
 
     def __init__(self, api: SandboxApi, host: str = "127.0.0.1", port: int = 0):
         self.api = api
-        family = _loopback_family(host)
+        family = loopback_family(host)
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host.strip("[]"), port))

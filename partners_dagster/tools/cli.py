@@ -65,9 +65,12 @@ def sandbox(
         SandboxServer,
         generate,
     )
+    from ..sandbox.server import loopback_family
 
-    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
-        raise click.BadParameter("the sandbox listens on loopback only", param_hint="--host")
+    try:  # the server's own check, before the dataset is generated
+        loopback_family(host)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--host") from None
     started = time.perf_counter()
     dataset = generate(scale, seed)
     click.echo(
