@@ -15,6 +15,9 @@ from pathlib import Path
 DEFAULT_CACHE_EXPIRY_SECONDS = 5 * 60 * 60
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MEMBERSHIP_REFRESH_DAYS = 7
+# One API call (its attempts and the waits between them) ends within this, however slowly a
+# server sends: socket timeouts bound each read, not the whole answer.
+DEFAULT_REQUEST_DEADLINE_SECONDS = 120.0
 DEFAULT_GLOBALID_APP = "teach-computing"
 
 

@@ -32,6 +32,30 @@ def test_importing_any_module_does_no_work_and_reads_no_variable():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_loading_the_definitions_leaves_run_only_libraries_unimported(tmp_path):
+    # The code server, the daemon and every run process load the definitions; the HTTP
+    # client, the database layer and the test tools load only when a step uses them.
+    code = (
+        "import sys, partners_dagster.definitions as d\n"
+        "d.defs().get_repository_def()\n"
+        "heavy = ['sqlalchemy', 'requests', 'requests_cache', 'redis', 'jwt', 'tenacity',\n"
+        "         'alembic', 'starlette', 'uvicorn', 'sentry_sdk', 'slack_sdk',\n"
+        "         'partners_dagster.sandbox', 'partners_dagster.tools',\n"
+        "         'partners_dagster.partners_api.client', 'partners_dagster.teachcomputing.repository']\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DAGSTER_HOME": str(tmp_path),
+        "PARTNERS_DAGSTER_DATA": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1:] in ([], [""]), result.stdout
+
+
 def test_rules_import_without_dagster():
     code = "import sys, partners_dagster.rules; print('dagster' in sys.modules)"
     result = subprocess.run(

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from ..partners_api import UnauthorizedError
+from ..partners_api.errors import UnauthorizedError
 from ..partners_api.resource import PartnersApiResource
 from ..steps.course_reports import (
     fetch_course_enrolments,

@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from ..sidekiq.delivery import DeliveryResult
 from ..sidekiq.resource import SidekiqResource
 from ..steps.follow_up_delivery import MAX_WAIT, RepositoryOutboxStore
 from ..teachcomputing.resource import TeachComputingDatabaseResource
@@ -35,6 +34,8 @@ def follow_up_jobs(
     if sidekiq.configured:
         result = sidekiq.deliver(RepositoryOutboxStore(repository), now=now)
     else:  # nothing to deliver to: count what waits, without loading it
+        from ..sidekiq.delivery import DeliveryResult  # redis-py: loaded only by this step
+
         waiting, oldest_at = repository.outbox_waiting()
         result = DeliveryResult(
             waiting=waiting, oldest_waiting_age=now - oldest_at if oldest_at else None

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 import pandas as pd
 
-from ..partners_api import PartnersApiClient
+if TYPE_CHECKING:
+    from ..partners_api.client import PartnersApiClient
 
 
 def table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:

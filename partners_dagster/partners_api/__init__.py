@@ -1,6 +1,8 @@
 """Client for the FutureLearn Partners API (see shared/partners-api.md)."""
 
-from .client import PartnersApiClient, RequestStats
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import (
     ApiUnavailableError,
     DeadlineExceededError,
@@ -10,7 +12,35 @@ from .errors import (
     ResponseTooLargeError,
     UnauthorizedError,
 )
-from .records import CourseEnrolment, CourseRun, EnrolmentReport, OrganisationMembership, Rejection
+
+if TYPE_CHECKING:
+    from .client import PartnersApiClient, RequestStats
+    from .records import (
+        CourseEnrolment,
+        CourseRun,
+        EnrolmentReport,
+        OrganisationMembership,
+        Rejection,
+    )
+
+# The client and the records (requests, requests-cache, pandas) load on first use, so that
+# loading the definitions, or importing an error class, stays light.
+_LAZY = {
+    "PartnersApiClient": "client",
+    "RequestStats": "client",
+    "CourseEnrolment": "records",
+    "CourseRun": "records",
+    "EnrolmentReport": "records",
+    "OrganisationMembership": "records",
+    "Rejection": "records",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ApiUnavailableError",

@@ -26,7 +26,7 @@ import requests
 import requests_cache
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from ..settings import ConfigurationError
+from ..settings import DEFAULT_REQUEST_DEADLINE_SECONDS, ConfigurationError
 from .errors import (
     ApiUnavailableError,
     DeadlineExceededError,
@@ -69,9 +69,6 @@ ENDPOINTS = (COURSE_RUNS, COURSE_RUN, ENROLMENTS_REPORT, ORGANISATION_MEMBERSHIP
 MAX_UNAUTHORIZED_ATTEMPTS = 3
 # The API does not redirect; a few hops are followed in case a proxy does, a loop is an error.
 MAX_REDIRECTS = 5
-# One call (its attempts and the waits between them) ends within this, however slowly a
-# server sends: socket timeouts bound each read, not the whole answer.
-DEFAULT_REQUEST_DEADLINE_SECONDS = 120.0
 MIB = 1024 * 1024
 # The most each endpoint may send once decompressed. Generous: a report of the largest run
 # seen is a few MiB. A body over its cap fails its request; memory stays bounded.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
@@ -10,10 +12,13 @@ from ..settings import (
     DEFAULT_CACHE_EXPIRY_SECONDS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MEMBERSHIP_REFRESH_DAYS,
+    DEFAULT_REQUEST_DEADLINE_SECONDS,
     ConfigurationError,
     parse_uuid_list,
 )
-from .client import DEFAULT_REQUEST_DEADLINE_SECONDS, PartnersApiClient
+
+if TYPE_CHECKING:
+    from .client import PartnersApiClient
 
 
 class PartnersApiResource(ConfigurableResource):
@@ -63,7 +68,10 @@ class PartnersApiResource(ConfigurableResource):
         "(FL_PARTNERS_ALLOW_INSECURE_HTTP).",
     )
 
-    _client: PartnersApiClient | None = PrivateAttr(default=None)
+    # The client's module (requests, requests-cache, pandas) is imported when a run sets the
+    # resource up, not when the definitions load: the code server, the daemon and each run
+    # process load them, and most never call the API.
+    _client: Any = PrivateAttr(default=None)
 
     def __repr_args__(self):
         # pydantic builds repr() and str() from these: the secret never shows, nor a
@@ -83,6 +91,8 @@ class PartnersApiResource(ConfigurableResource):
             if not value or not value.strip():
                 raise ConfigurationError(f"{name} is empty")
         parse_uuid_list(self.ignored_course_uuids)  # a bad entry fails the run at its start
+        from .client import PartnersApiClient
+
         self._client = PartnersApiClient(
             self.base_url,
             self.consumer_key,

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..partners_api import (
-    CourseRun,
-    EnrolmentReport,
-    PartnersApiClient,
-    PartnersApiError,
-    Rejection,
-)
+from typing import TYPE_CHECKING
+
+from ..partners_api.errors import PartnersApiError
+
+if TYPE_CHECKING:
+    from ..partners_api.client import PartnersApiClient
+    from ..partners_api.records import CourseRun, EnrolmentReport, Rejection
 
 RUN_COLUMNS = ["run_uuid", "course_uuid", "title", "start_time", "weeks_count", "full_code", "code"]
 ENROLMENT_COLUMNS = [

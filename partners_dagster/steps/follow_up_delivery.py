@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from ..sidekiq.payload import OutboxRow
-from ..teachcomputing.repository import TeachComputingRepository
+
+if TYPE_CHECKING:  # SQLAlchemy loads when a run uses the repository
+    from ..teachcomputing.repository import TeachComputingRepository
 
 # A row that has waited longer than this is a failing delivery an operator must hear about.
 MAX_WAIT = timedelta(days=1)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from ..partners_api import PartnersApiClient
-from ..teachcomputing.repository import TeachComputingRepository
 from .course_reports import CourseEnrolments
 from .membership_matching import (
     LookupPlan,
@@ -18,6 +18,10 @@ from .membership_matching import (
     plan_membership_lookups,
     remembered_answers,
 )
+
+if TYPE_CHECKING:  # the client and the repository load when a run uses them
+    from ..partners_api.client import PartnersApiClient
+    from ..teachcomputing.repository import TeachComputingRepository
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,13 @@ from datetime import datetime
 
 import pandas as pd
 
-from ..partners_api import NotFoundError, PartnersApiClient, PartnersApiError
+from typing import TYPE_CHECKING
+
+from ..partners_api.errors import NotFoundError, PartnersApiError
 from ..rules import lookup_due_at, match_user, user_ids_by_email
+
+if TYPE_CHECKING:
+    from ..partners_api.client import PartnersApiClient
 
 MEMBERSHIP_COLUMNS = [
     "membership_uuid",

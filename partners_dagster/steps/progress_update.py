@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from uuid import uuid4
 
 import pandas as pd
-from sqlalchemy.exc import SQLAlchemyError
 
 from ..rules import (
     CS_ACCELERATOR,
@@ -17,10 +18,11 @@ from ..rules import (
     ProgrammeEnrolment,
     programme_for_new_achievement,
 )
-from ..teachcomputing.models import new_uuid, utcnow
-from ..teachcomputing.repository import TeachComputingRepository
 from .course_progress import CourseFacts, plan_course_progress, plan_violations
 from .latest_enrolment import LatestEnrolmentSet
+
+if TYPE_CHECKING:  # SQLAlchemy loads when a run uses the repository
+    from ..teachcomputing.repository import TeachComputingRepository
 
 
 class CourseWriteError(RuntimeError):
@@ -68,7 +70,9 @@ def update_achievement_progress(
     """For every known course with latest enrolments: create missing achievements, then, on
     what is stored at that moment, move progress and state and queue the follow-up jobs,
     all in that course's transaction. Forgotten users are left alone."""
-    now = now or utcnow()
+    from sqlalchemy.exc import SQLAlchemyError
+
+    now = now or datetime.now(UTC)
     catalogue = repository.catalogue()
     activities = catalogue.activities.set_index("activity_id")
     programmes = {
@@ -143,7 +147,7 @@ def _apply_course(
         created = course.create_achievements(
             [
                 {
-                    "id": new_uuid(),
+                    "id": str(uuid4()),
                     "user_id": user_id,
                     "programme_id": programme_for_new_achievement(
                         programme_ids, enrolments_by_user.get(user_id, ())

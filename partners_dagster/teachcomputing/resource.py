@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dagster import ConfigurableResource
 from pydantic import Field
-from sqlalchemy import Engine
 
 from ..privacy import mask_url_passwords
-from .engine import shared_engine
-from .repository import TeachComputingRepository
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from .repository import TeachComputingRepository
 
 
 class TeachComputingDatabaseResource(ConfigurableResource):
@@ -18,9 +22,15 @@ class TeachComputingDatabaseResource(ConfigurableResource):
 
     @property
     def engine(self) -> Engine:
+        # SQLAlchemy and the repository are imported on first use, not when the definitions
+        # load (see PartnersApiResource._client).
+        from .engine import shared_engine
+
         return shared_engine(self.database_url)
 
     def repository(self) -> TeachComputingRepository:
+        from .repository import TeachComputingRepository
+
         return TeachComputingRepository(self.engine)
 
     def __repr_args__(self):

@@ -56,12 +56,17 @@ def start_sandbox(scale: str, seed: int, latency_ms: float) -> tuple[subprocess.
     raise RuntimeError("the sandbox did not start")
 
 
-def run_job(job: str, env: dict[str, str]) -> dict:
-    """One job in its own process; wall time and that process's peak resident memory."""
+def run_job(job: str, env: dict[str, str], profile: Path | None = None) -> dict:
+    """One job in its own process; wall time and that process's peak resident memory.
+    With ``profile``, the process runs under cProfile and writes its statistics there."""
+    command = [sys.executable]
+    if profile is not None:
+        command += ["-m", "cProfile", "-o", str(profile)]
+    command += ["-m", "dagster", "job", "execute", "-m", DEFINITIONS_MODULE, "-j", job]
     launched = time.time()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "job", "execute", "-m", DEFINITIONS_MODULE, "-j", job],
+        command,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -217,6 +222,7 @@ def run_bench(
     *,
     force: bool = False,
     refresh_days: float | None = None,
+    profile_dir: Path | None = None,
 ) -> int:
     workdir = settings.data_dir() / f"bench-{scale}"
     if workdir.exists():
@@ -258,6 +264,7 @@ def run_bench(
         "latency_ms": latency_ms,
         "concurrency": concurrency,
         "membership_refresh_days": refresh_days,
+        "profiled": profile_dir is not None,
         "database": make_engine(database_url).dialect.name,
         "nights": {},
     }
@@ -275,7 +282,11 @@ def run_bench(
             results = {"floor": {"requests": len(paths), "seconds": floor_seconds}}
             for job in NIGHTLY_JOBS:
                 SandboxControl(url, CONTROL_TOKEN).reset_stats()
-                measured = run_job(job, env)
+                profile = None
+                if profile_dir is not None:
+                    profile_dir.mkdir(parents=True, exist_ok=True)
+                    profile = profile_dir / f"{night}-{job}.prof"
+                measured = run_job(job, env, profile)
                 measured["network_requests"] = SandboxControl(url, CONTROL_TOKEN).stats()[
                     "requests"
                 ]

@@ -242,6 +242,13 @@ def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None)
 )
 @click.option("--output", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option(
+    "--profile",
+    "profile_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Run each job under cProfile and write NIGHT-JOB.prof here (slower; for finding what dominates).",
+)
+@click.option(
     "--refresh-days",
     default=None,
     type=click.FloatRange(0, 365),
@@ -252,7 +259,9 @@ def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None)
     is_flag=True,
     help="Delete the rows of a --database-url that already holds data (never its tables).",
 )
-def bench(scale, seed, latency_ms, database_url, concurrency, output, refresh_days, force) -> None:
+def bench(
+    scale, seed, latency_ms, database_url, concurrency, output, refresh_days, force, profile_dir
+) -> None:
     """Two nights (first, then steady) through the real jobs, with a table of measurements."""
     from pathlib import Path
 
@@ -269,6 +278,7 @@ def bench(scale, seed, latency_ms, database_url, concurrency, output, refresh_da
             say=click.echo,
             force=force,
             refresh_days=refresh_days,
+            profile_dir=Path(profile_dir) if profile_dir else None,
         )
     except DatabaseInUseError as error:
         raise click.ClickException(str(error)) from None
