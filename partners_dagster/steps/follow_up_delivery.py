@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-
 from typing import TYPE_CHECKING
 
 import pandas as pd

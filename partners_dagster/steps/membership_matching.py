@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
-
-from typing import TYPE_CHECKING
 
 from ..partners_api.errors import NotFoundError, PartnersApiError
 from ..rules import lookup_due_at, match_user, user_ids_by_email
