@@ -8,6 +8,8 @@ db upgrade`` or any other command that never runs a job.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 
 import dagster as dg
@@ -99,4 +101,23 @@ def with_io_manager(resources: dict) -> dict:
 @dg.definitions
 def defs() -> dg.Definitions:
     """Built when Dagster loads the code location, not at import."""
-    return build_definitions()
+    definitions = build_definitions()
+    settle_long_lived_objects()
+    return definitions
+
+
+_settled = False
+
+
+def settle_long_lived_objects() -> None:
+    """Take what the imports and the definitions made out of the cyclic garbage collector's
+    sight: they live as long as the process, so every later full collection skips them.
+    At exit, the same for whatever the run made: the interpreter's last full collection
+    over a run's heap took 1.3-2 s of every run process on the 2-core benchmark machine,
+    after the run had ended. Dagster's teardown has closed the resources by then; cyclic
+    garbage left at exit is not finalised, which the operating system makes moot."""
+    global _settled
+    gc.freeze()
+    if not _settled:
+        atexit.register(gc.freeze)
+        _settled = True

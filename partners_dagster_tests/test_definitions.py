@@ -56,6 +56,41 @@ def test_loading_the_definitions_leaves_run_only_libraries_unimported(tmp_path):
     assert result.stdout.strip().splitlines()[-1:] in ([], [""]), result.stdout
 
 
+def test_loading_the_code_location_settles_its_objects_and_skips_the_last_collection(tmp_path):
+    # The interpreter's last full collection over a run's heap took seconds after every run;
+    # the definitions take long-lived objects out of the collector's sight, and at exit skip
+    # it: a cycle with a finaliser made during the "run" is not finalised at exit.
+    code = (
+        "import gc, partners_dagster.definitions as d\n"
+        "d.defs()\n"
+        "print('frozen', gc.get_freeze_count() > 1000)\n"
+        "class Node:\n"
+        "    def __del__(self): print('finalised at exit')\n"
+        "a, b = Node(), Node(); a.other, b.other = b, a\n"
+        "del a, b\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DAGSTER_HOME": str(tmp_path),
+        "PARTNERS_DAGSTER_DATA": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "frozen True" in result.stdout
+    assert "finalised at exit" not in result.stdout
+    # The control: without the definitions, the same cycle is finalised at exit.
+    control = subprocess.run(
+        [sys.executable, "-c", code.replace("d.defs()", "pass")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert "finalised at exit" in control.stdout
+
+
 def test_rules_import_without_dagster():
     code = "import sys, partners_dagster.rules; print('dagster' in sys.modules)"
     result = subprocess.run(
