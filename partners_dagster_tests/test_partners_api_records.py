@@ -6,8 +6,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from partners_dagster.partners_api import MalformedResponseError
+from partners_dagster.partners_api import MalformedResponseError, records
 from partners_dagster.partners_api.records import (
     RecordError,
     course_enrolment_from_json,
@@ -158,3 +160,88 @@ def test_a_list_endpoint_that_answers_an_object_is_malformed():
         parse_course_runs(
             {"error": "nope"}, endpoint="course_runs", status=200, raw=b'{"error": "nope"}'
         )
+
+
+# -- the quick reader of enrolment records --------------------------------------------------
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "545BA924-9E73-4A30-BD54-4FB7DEE8B913",
+            "{545ba924-9e73-4a30-bd54-4fb7dee8b913}",
+            "2019-01-29T11:47:10Z",
+            "2019-01-29T11:47:10.123456Z",
+            "2019-01-29Z",
+            "1600-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "0001-01-01T00:00:00+01:00",
+            "2019-01-29T11:47:10+00:00",
+            "2019-01-29T11:47:10",
+            "Z",
+            "",
+        ]
+    ),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from(["uuid", "href"]), st.text(max_size=4), max_size=2),
+)
+FIELDS = [
+    "run",
+    "organisation_membership",
+    "status",
+    "activated_at",
+    "deactivated_at",
+    "steps_completed_count",
+    "steps_completed_ratio",
+]
+
+
+def _careful(value):
+    try:
+        return records._enrolment_field_by_field(value)
+    except RecordError as error:
+        return f"RecordError: {error}"
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from([*FIELDS, "run.uuid", "organisation_membership.uuid", "run.href"]),
+        st.one_of(ODD_VALUES, st.just("<missing>")),
+        max_size=3,
+    )
+)
+def test_the_quick_enrolment_reader_gives_what_the_careful_one_gives_or_defers(changes):
+    record = _enrolment(**{k: v for k, v in changes.items() if "." not in k})
+    for path, value in changes.items():
+        if "." in path:
+            outer, inner = path.split(".")
+            if isinstance(record.get(outer), dict):
+                record[outer] = {**record[outer], inner: value}
+                if value == "<missing>":
+                    del record[outer][inner]
+    quick = records._well_formed_enrolment(record)
+    careful = _careful(record)
+    if quick is not None:
+        assert quick == careful
+    try:
+        assert course_enrolment_from_json(record) == careful
+    except RecordError as error:
+        assert careful == f"RecordError: {error}"
+
+
+@needs_recordings
+def test_recorded_enrolments_are_read_quickly_and_as_carefully():
+    body = _recorded("course_enrolments_report_545ba924.json")["body"]
+    quick = [records._well_formed_enrolment(item) for item in body]
+    assert all(
+        q == records._enrolment_field_by_field(item)
+        for q, item in zip(quick, body, strict=False)
+        if q
+    )
+    # The quick reader is what a night uses: it must take the real API's records.
+    assert all(q is not None for q in quick), quick

@@ -156,10 +156,13 @@ def _apply_course(
                 for user_id in missing
             ]
         )
-        if created:
+        if len(created) < len(missing):
+            # Someone else created some meanwhile (PostgreSQL): read them as they are.
             stored = course.achievements()
+        elif not created.empty:
+            stored = created if stored.empty else pd.concat([stored, created], ignore_index=True)
         stored = stored[stored["user_id"].isin(latest["user_id"])]
-        plan = plan_course_progress(latest, stored, facts, created)
+        plan = plan_course_progress(latest, stored, facts, created["id"])
         counts.update(plan_violations(stored, plan))
         counts["follow_up_jobs"] += course.write(
             plan.updates, plan.transitions, plan.job_rows(facts.dagster_run_id, facts.now)

@@ -39,6 +39,9 @@ from .types import canonical_uuid_text
 # Rows per INSERT/UPDATE batch: well under SQLite's bound-parameter limit.
 BATCH = 2_000
 ENROLLED = "enrolled"
+# One course's achievements as CourseWriter reads them: the state is the most recent
+# transition's (enrolled without one), last_sort_key the highest sort_key (0 without one).
+ACHIEVEMENT_COLUMNS = ["id", "user_id", "progress", "programme_id", "state", "last_sort_key"]
 
 
 def batches(rows: Sequence, size: int = BATCH) -> Iterable[Sequence]:
@@ -431,11 +434,12 @@ class CourseWriter:
         self.connection = connection
         self.activity_id = activity_id
 
-    def create_achievements(self, rows: list[dict[str, Any]]) -> list[str]:
+    def create_achievements(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Insert achievements (id, user_id, programme_id) at progress 0 with no transition
-        (state ``enrolled``); one that exists already is left. Returns the ids created."""
+        (state ``enrolled``); one that exists already is left. Returns the ones created, as
+        ``achievements()`` would read them, without reading them back."""
         if not rows:
-            return []
+            return pd.DataFrame(columns=ACHIEVEMENT_COLUMNS)
         now = utcnow()
         table = Achievement.__table__
         values = [
@@ -454,7 +458,11 @@ class CourseWriter:
                 index_elements=["activity_id", "user_id"]
             )
             created += self.connection.scalars(statement.returning(table.c.id), list(chunk)).all()
-        return created
+        by_id = {row["id"]: row for row in rows}
+        return pd.DataFrame(
+            [(i, by_id[i]["user_id"], 0, by_id[i]["programme_id"], ENROLLED, 0) for i in created],
+            columns=ACHIEVEMENT_COLUMNS,
+        )
 
     def achievements(self) -> pd.DataFrame:
         """id, user_id, progress, programme_id, state, last_sort_key of the course's
@@ -482,11 +490,7 @@ class CourseWriter:
         if self.connection.dialect.name == "postgresql":
             # SQLite holds the write lock already; PostgreSQL locks the achievements.
             statement = statement.with_for_update(of=a)
-        stored = pd.DataFrame(
-            self.connection.execute(statement).all(),
-            columns=["id", "user_id", "progress", "programme_id", "state", "last_sort_key"],
-        )
-        return stored
+        return pd.DataFrame(self.connection.execute(statement).all(), columns=ACHIEVEMENT_COLUMNS)
 
     def write(
         self,
