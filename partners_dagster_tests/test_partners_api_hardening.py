@@ -363,6 +363,34 @@ def test_item04_a_trickling_server_cannot_keep_a_request_past_its_deadline(
     assert _cached_entries(tmp_path) == 0
 
 
+def test_item04_every_deadline_is_watched_by_one_shared_thread(local_server, tmp_path, monkeypatch):
+    # A night makes tens of thousands of requests: a timer thread for each cost more than
+    # the request. One watchdog thread serves them all, and the deadlines still fire (above).
+    body = b"[]"
+
+    def answer(handler, stop):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    url = local_server(answer)
+    client = _client(url, tmp_path, cache=None)
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(thread):
+        started.append(thread.name)
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    for _ in range(25):
+        assert client.course_runs() == ([], [])
+    assert client.stats.snapshot()["course_runs"]["network"] == 25
+    assert len(started) <= 1, started  # the watchdog, unless an earlier test started it
+
+
 def test_item04_deadline_is_settable_on_the_resource_with_a_default():
     resource = PartnersApiResource(
         base_url="http://127.0.0.1:9", consumer_key="k", consumer_secret="s"

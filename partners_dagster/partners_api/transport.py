@@ -8,7 +8,9 @@ time is up, wherever the exchange is blocked (waiting for headers, or reading a 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import ipaddress
+import itertools
 import socket
 import threading
 import time
@@ -22,6 +24,54 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 _current = threading.local()
 
 
+class _Watchdog:
+    """One thread that ends the deadlines that run out, for the whole process: a night makes
+    tens of thousands of requests, and a timer thread started for each cost more than
+    reading its answer. Deadlines are kept in a heap by expiry; one that ended normally is
+    dropped when it comes to the top."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, deadline: Deadline) -> None:
+        with self._condition:
+            if self._thread is None or not self._thread.is_alive():  # first use, or forked
+                self._thread = threading.Thread(
+                    target=self._run, name="partners-api-deadlines", daemon=True
+                )
+                self._thread.start()
+            while self._heap and self._heap[0][2].finished:  # keeps the heap short
+                heapq.heappop(self._heap)
+            entry = (deadline.expires_at, next(self._order), deadline)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while True:
+                    if not self._heap:
+                        self._condition.wait()
+                        continue
+                    expires_at, _, deadline = self._heap[0]
+                    if deadline.finished:
+                        heapq.heappop(self._heap)
+                        continue
+                    wait = expires_at - time.monotonic()
+                    if wait <= 0:
+                        heapq.heappop(self._heap)
+                        break
+                    self._condition.wait(wait)
+            deadline._expire()  # outside the heap's lock: it takes the deadline's own
+
+
+_WATCHDOG = _Watchdog()
+
+
 class Deadline:
     """The time one call may take, across its attempts. Enter it around the code that sends:
     every connection used in this thread meanwhile is shut when the time is up."""
@@ -31,8 +81,9 @@ class Deadline:
         self._expires_at = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._connections: list[HTTPConnection] = []
-        self._timer: threading.Timer | None = None
+        self._scheduled = False
         self._expired = False
+        self.finished = False
 
     @property
     def fired(self) -> bool:
@@ -42,6 +93,10 @@ class Deadline:
     @property
     def expired(self) -> bool:
         return self._expired or self.remaining() <= 0
+
+    @property
+    def expires_at(self) -> float:
+        return self._expires_at
 
     def remaining(self) -> float:
         return self._expires_at - time.monotonic()
@@ -53,10 +108,8 @@ class Deadline:
     def __exit__(self, *exc_info: object) -> None:
         _current.deadline = None
         with self._lock:
-            timer, self._timer = self._timer, None
+            self.finished = True
             self._connections.clear()
-        if timer is not None:
-            timer.cancel()
 
     def watch(self, connection: HTTPConnection) -> None:
         with self._lock:
@@ -64,14 +117,14 @@ class Deadline:
                 _shut(connection)
                 return
             self._connections.append(connection)
-            if self._timer is None:
-                # A timer only once the network is used: a cache hit costs no thread.
-                self._timer = threading.Timer(max(0.0, self.remaining()), self._expire)
-                self._timer.daemon = True
-                self._timer.start()
+            schedule, self._scheduled = not self._scheduled, True
+        if schedule:  # only once the network is used: a cache hit is never watched
+            _WATCHDOG.schedule(self)
 
     def _expire(self) -> None:
         with self._lock:
+            if self.finished:
+                return
             self._expired = True
             connections = list(self._connections)
         for connection in connections:
