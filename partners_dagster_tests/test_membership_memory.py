@@ -267,6 +267,37 @@ def test_a_404_is_remembered_and_not_asked_again_the_next_night(school, teachers
     assert (fetched["memberships_to_fetch"], fetched["memberships_from_memory"]) == (0, 5)
 
 
+def test_answers_are_remembered_as_they_come_so_a_run_that_dies_keeps_them(
+    school, teachers, monkeypatch
+):
+    # Memberships never go to the response cache: the memory is the only record of what
+    # the API said, so it is written share by share, not at the end of the step.
+    from partners_dagster.steps import membership_lookup
+
+    fetch = membership_lookup.fetch_memberships
+    calls = []
+
+    def dies_on_the_second_share(client, share):
+        calls.append(list(share))
+        if len(calls) == 2:
+            raise RuntimeError("the run process died here")
+        return fetch(client, share)
+
+    monkeypatch.setattr(membership_lookup, "RECORD_EVERY", 2)
+    monkeypatch.setattr(membership_lookup, "fetch_memberships", dies_on_the_second_share)
+    failed = school.run("update_memberships_job", raise_on_error=False)
+    assert not failed.success
+    assert sorted(lookups(school).index) == sorted(calls[0])  # the first share was kept
+
+    monkeypatch.setattr(membership_lookup, "fetch_memberships", fetch)
+    again = school.run("update_memberships_job")
+    # The same night again: of the scenario's six memberships, only the four the first run
+    # had not heard back about are asked.
+    fetched = materialization_metadata(again, "organisation_memberships")
+    assert (fetched["memberships_to_fetch"], fetched["memberships_from_memory"]) == (4, 2)
+    assert len(lookups(school)) == 6
+
+
 def test_local_rematch_links_a_new_user_and_a_corrected_email_with_no_membership_request(
     school, teachers
 ):

@@ -65,6 +65,10 @@ COURSE_RUN = "course_run"
 ENROLMENTS_REPORT = "course_enrolments_report"
 ORGANISATION_MEMBERSHIP = "organisation_membership"
 ENDPOINTS = (COURSE_RUNS, COURSE_RUN, ENROLMENTS_REPORT, ORGANISATION_MEMBERSHIP)
+# Never served from or stored in the response cache: a membership's answer (a 404 included)
+# is kept in the membership memory, which decides when to ask again. Storing tens of
+# thousands of them in the cache as well cost more than asking.
+UNCACHED_ENDPOINTS = frozenset({ORGANISATION_MEMBERSHIP})
 
 MAX_UNAUTHORIZED_ATTEMPTS = 3
 # The API does not redirect; a few hops are followed in case a proxy does, a loop is an error.
@@ -218,13 +222,8 @@ def cache_key_function(consumer_key: str) -> Callable[..., str]:
 
 
 def _is_cacheable(response: requests.Response) -> bool:
-    """Successful JSON answers, and a membership's JSON 404: "this membership does not exist" is
-    an answer too, and without it every night would re-ask for each deleted membership."""
-    if not _is_json_response(response):
-        return False
-    if response.status_code == 404:
-        return "/partners/organisation_memberships/" in response.url
-    return response.status_code == 200
+    """Successful JSON answers."""
+    return response.status_code == 200 and _is_json_response(response)
 
 
 class PartnersApiClient:
@@ -363,13 +362,15 @@ class PartnersApiClient:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _session(self) -> requests.Session:
+    def _session(self, endpoint: str) -> requests.Session:
         # Neither requests.Session nor a SQLite connection should be shared between threads:
         # each thread has its own session and cache connection to the same file, and SQLite's
         # own locking (with the busy timeout) orders their writes, across processes too.
-        session = getattr(self._local, "session", None)
+        cached = self._backend is not None and endpoint not in UNCACHED_ENDPOINTS
+        name = "cached_session" if cached else "plain_session"
+        session = getattr(self._local, name, None)
         if session is None:
-            if self._backend is None:
+            if not cached:
                 session = requests.Session()
             else:
                 # Checked at start-up; from here on a cache failure fails (and retries) a request.
@@ -381,7 +382,7 @@ class PartnersApiClient:
                     expire_after=self._cache_expiry,
                     # The API says max-age=0; we impose our own expiry instead.
                     cache_control=False,
-                    allowable_codes=(200, 404),
+                    allowable_codes=(200,),
                     allowable_methods=("GET",),
                     filter_fn=_is_cacheable,
                     # Not part of the cache key, and redacted from what is stored.
@@ -400,7 +401,7 @@ class PartnersApiClient:
             if not any(name.lower().endswith("_proxy") for name in os.environ):
                 # No proxy configured: skip requests' scan of the environment on every request.
                 session.trust_env = False
-            self._local.session = session
+            setattr(self._local, name, session)
         return session
 
     def _read(self, path: str, endpoint: str, parse: Callable[[Any, int, bytes], T]) -> T:
@@ -527,7 +528,7 @@ class PartnersApiClient:
 
         remaining = max(deadline.remaining(), 0.001)
         try:
-            response = self._session().get(
+            response = self._session(endpoint).get(
                 url,
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=(min(self.timeout[0], remaining), min(self.timeout[1], remaining)),

@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # the client and the repository load when a run uses them
     from ..teachcomputing.repository import TeachComputingRepository
 
 
+# How many API answers are asked for between two writes to the membership memory.
+RECORD_EVERY = 2_000
+
+
 @dataclass(frozen=True)
 class MembershipLookups:
     memberships: pd.DataFrame  # MEMBERSHIP_COLUMNS + source (api or memory), one per membership
@@ -54,11 +58,24 @@ def look_up_memberships(
         now=now,
         refresh_days=refresh_days,
     )
-    fetched = fetch_memberships(client, plan.to_fetch)
     counts = enrolment_counts(
         course_enrolments.enrolments, [*plan.to_fetch, *plan.remembered["membership_uuid"]]
+    ).set_index("membership_uuid", drop=False)
+    # The API's answers are kept nowhere else (the response cache leaves memberships out):
+    # each share is remembered as soon as it is in, so a run that dies keeps what it asked.
+    parts = []
+    for start in range(0, len(plan.to_fetch), RECORD_EVERY):
+        share = plan.to_fetch[start : start + RECORD_EVERY]
+        part = fetch_memberships(client, share)
+        repository.record_lookups(part, dagster_run_id, counts.loc[share])
+        parts.append(part)
+    fetched = (
+        pd.concat(parts, ignore_index=True).sort_values("membership_uuid", ignore_index=True)
+        if parts
+        else fetch_memberships(client, [])
     )
-    repository.record_lookups(fetched, dagster_run_id, counts)
+    remembered = plan.remembered["membership_uuid"]
+    repository.record_lookups(fetched.iloc[0:0], dagster_run_id, counts.loc[remembered])
     failed = set(fetched.loc[fetched["fetch_status"] == "failed", "membership_uuid"])
     stale = remembered_answers(lookups, failed)
     memberships = pd.concat(
