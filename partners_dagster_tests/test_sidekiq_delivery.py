@@ -126,6 +126,13 @@ class SqliteOutboxStore:
             for row_id, job_class, queue, arguments, run_at, created_at, jid in found
         ]
 
+    def waiting(self) -> tuple[int, datetime | None]:
+        with self._connect() as db:
+            count, oldest = db.execute(
+                "SELECT count(*), min(created_at) FROM outbox WHERE dispatched_at IS NULL"
+            ).fetchone()
+        return count, None if oldest is None else datetime.fromisoformat(oldest)
+
     def assign_jid(self, row_id: int, jid: str) -> None:
         with self._connect() as db:
             db.execute("UPDATE outbox SET jid = ? WHERE id = ?", (jid, row_id))
@@ -283,6 +290,20 @@ def test_without_redis_rows_only_wait_and_are_reported(store):
     assert all(row["jid"] is None and row["dispatched_at"] is None for row in store.rows())
     unconfigured = SidekiqResource(redis_url=None).deliver(store, now=later)
     assert (unconfigured.waiting, unconfigured.delivered) == (7, {})
+
+
+def test_without_redis_the_rows_are_counted_not_loaded(tmp_path):
+    # A first night leaves some 170,000 rows waiting when no Redis is set: they are counted
+    # by the store, never read into memory.
+    class CountsOnly(SqliteOutboxStore):
+        def pending_rows(self):
+            raise AssertionError("rows were loaded only to be counted")
+
+    store = CountsOnly(tmp_path / "outbox.sqlite")
+    now = now_utc()
+    fill_outbox(store, now)
+    result = deliver(store, None, globalid_app=APP, now=now + timedelta(hours=1))
+    assert (result.waiting, result.oldest_waiting_age) == (7, timedelta(hours=4))
 
 
 def test_unreachable_redis_names_the_variable_and_leaves_rows_undelivered(store):

@@ -30,16 +30,8 @@ def follow_up_jobs(
     """Delivers every undelivered outbox row (earlier nights' included) to the website's
     Sidekiq, exactly as Rails 6.1's ActiveJob Sidekiq adapter enqueues it, each once. Without
     TEACHCOMPUTING_SIDEKIQ_REDIS_URL the jobs wait in the outbox and are counted."""
-    repository, now = teachcomputing_db.repository(), datetime.now(UTC)
-    if sidekiq.configured:
-        result = sidekiq.deliver(RepositoryOutboxStore(repository), now=now)
-    else:  # nothing to deliver to: count what waits, without loading it
-        from ..sidekiq.delivery import DeliveryResult  # redis-py: loaded only by this step
-
-        waiting, oldest_at = repository.outbox_waiting()
-        result = DeliveryResult(
-            waiting=waiting, oldest_waiting_age=now - oldest_at if oldest_at else None
-        )
+    store = RepositoryOutboxStore(teachcomputing_db.repository())
+    result = sidekiq.deliver(store, now=datetime.now(UTC))
     if not sidekiq.configured and result.waiting:
         context.log.warning(
             f"{result.waiting} follow-up job(s) wait in the outbox: "

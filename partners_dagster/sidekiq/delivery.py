@@ -68,6 +68,11 @@ class OutboxStore(Protocol):
         """Rows with ``dispatched_at`` null, oldest (lowest id) first, with their jid if set."""
         ...
 
+    def waiting(self) -> tuple[int, datetime | None]:
+        """How many rows have ``dispatched_at`` null, and the oldest one's ``created_at``,
+        without loading them (a night with no Redis to deliver to only counts)."""
+        ...
+
     def assign_jid(self, row_id: int, jid: str) -> None:
         """Record the jid the row will be pushed as; durable before the push."""
         ...
@@ -164,10 +169,15 @@ def deliver(
 
     Raises ``SidekiqRedisUnavailableError`` (naming ``TEACHCOMPUTING_SIDEKIQ_REDIS_URL``, never
     a password) when Redis fails; rows delivered before the failure stay delivered."""
-    rows = list(store.pending_rows())
     if redis_client is None:
-        waiting, oldest = waiting_summary(rows, now)
+        waiting, oldest_created_at = store.waiting()
+        oldest = (
+            None
+            if oldest_created_at is None
+            else max(to_utc(now) - to_utc(oldest_created_at), timedelta(0))
+        )
         return DeliveryResult(waiting=waiting, oldest_waiting_age=oldest)
+    rows = list(store.pending_rows())
 
     label = redis_label or describe_client(redis_client)
     push_once = redis_client.register_script(_PUSH_ONCE)

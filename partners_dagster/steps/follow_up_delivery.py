@@ -39,6 +39,9 @@ class RepositoryOutboxStore:
             for row in pending.itertuples(index=False)
         ]
 
+    def waiting(self) -> tuple[int, datetime | None]:
+        return self.repository.outbox_waiting()
+
     def assign_jid(self, row_id: int, jid: str) -> None:
         stored = self.repository.assign_jid(row_id, jid)
         if stored != jid:  # another delivery run got there first: never push twice
