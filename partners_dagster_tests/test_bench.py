@@ -51,3 +51,37 @@ def test_bench_runs_two_nights_and_writes_its_figures(tmp_path):
         steady["update_progress_job"]["assets"]["achievement_progress"]["achievements_progressed"]
         > 0
     )
+
+
+def test_bench_profiles_each_job_and_can_skip_the_floor(tmp_path):
+    output, profiles = tmp_path / "bench.json", tmp_path / "profiles"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "partners_dagster.tools.cli",
+            "bench",
+            "--scale",
+            "tiny",
+            "--no-floor",
+            "--profile",
+            str(profiles),
+            "--output",
+            str(output),
+        ],
+        env={"PATH": "/usr/bin:/bin", "PARTNERS_DAGSTER_DATA": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "floor (bare download)" not in result.stdout
+    report = json.loads(output.read_text())
+    assert report["profiled"] is True
+    assert all(night["floor"] is None for night in report["nights"].values())
+    assert sorted(p.name for p in profiles.iterdir()) == [
+        "first-update_memberships_job.prof",
+        "first-update_progress_job.prof",
+        "steady-update_memberships_job.prof",
+        "steady-update_progress_job.prof",
+    ]

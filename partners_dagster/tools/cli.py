@@ -242,6 +242,13 @@ def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None)
 )
 @click.option("--output", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option(
+    "--floor/--no-floor",
+    "with_floor",
+    default=True,
+    show_default=True,
+    help="Also time the same downloads with bare requests + json (doubles a slow night).",
+)
+@click.option(
     "--profile",
     "profile_dir",
     default=None,
@@ -260,7 +267,16 @@ def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None)
     help="Delete the rows of a --database-url that already holds data (never its tables).",
 )
 def bench(
-    scale, seed, latency_ms, database_url, concurrency, output, refresh_days, force, profile_dir
+    scale,
+    seed,
+    latency_ms,
+    database_url,
+    concurrency,
+    output,
+    refresh_days,
+    force,
+    with_floor,
+    profile_dir,
 ) -> None:
     """Two nights (first, then steady) through the real jobs, with a table of measurements."""
     from pathlib import Path
@@ -279,6 +295,7 @@ def bench(
             force=force,
             refresh_days=refresh_days,
             profile_dir=Path(profile_dir) if profile_dir else None,
+            with_floor=with_floor,
         )
     except DatabaseInUseError as error:
         raise click.ClickException(str(error)) from None
