@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import socket
 import stat
 import threading
@@ -389,6 +390,25 @@ def test_item04_every_deadline_is_watched_by_one_shared_thread(local_server, tmp
         assert client.course_runs() == ([], [])
     assert client.stats.snapshot()["course_runs"]["network"] == 25
     assert len(started) <= 1, started  # the watchdog, unless an earlier test started it
+
+
+def test_item04_a_forked_child_does_not_inherit_its_parents_deadlines():
+    # The parent's deadlines watch the parent's sockets, which a child shares: a child's
+    # watchdog must never shut them.
+    from partners_dagster.partners_api import transport
+
+    class NoSocket:
+        sock = None
+
+    with transport.Deadline(60) as deadline:
+        deadline.watch(NoSocket())  # type: ignore[arg-type]
+        assert any(entry[2] is deadline for entry in transport._WATCHDOG._heap)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's verdict is its exit code
+            watchdog = transport._WATCHDOG
+            os._exit(0 if (watchdog._heap, watchdog._thread) == ([], None) else 1)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_item04_deadline_is_settable_on_the_resource_with_a_default():

@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import ipaddress
 import itertools
+import os
 import socket
 import threading
 import time
@@ -31,6 +32,11 @@ class _Watchdog:
     dropped when it comes to the top."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also in a forked child: the parent's deadlines and sockets are not the child's, and
+        # the parent's thread (and perhaps its lock) did not come along.
         self._condition = threading.Condition()
         self._heap: list[tuple[float, int, Deadline]] = []
         self._order = itertools.count()
@@ -38,7 +44,7 @@ class _Watchdog:
 
     def schedule(self, deadline: Deadline) -> None:
         with self._condition:
-            if self._thread is None or not self._thread.is_alive():  # first use, or forked
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="partners-api-deadlines", daemon=True
                 )
@@ -70,6 +76,7 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG._reset)
 
 
 class Deadline:
