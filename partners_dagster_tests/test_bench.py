@@ -7,31 +7,28 @@ import subprocess
 import sys
 
 
-def test_bench_runs_two_nights_and_writes_its_figures(tmp_path):
+def _bench_tiny(tmp_path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``partners-dagster bench --scale tiny`` with ``options``; it must succeed."""
     output = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "partners_dagster.tools.cli", "bench", "--scale", "tiny"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "partners_dagster.tools.cli",
-            "bench",
-            "--scale",
-            "tiny",
-            "--output",
-            str(output),
-        ],
+        [*command, *options, "--output", str(output)],
         env={"PATH": "/usr/bin:/bin", "PARTNERS_DAGSTER_DATA": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, json.loads(output.read_text())
+
+
+def test_bench_runs_two_nights_and_writes_its_figures(tmp_path):
+    result, report = _bench_tiny(tmp_path)
     assert (
         "first night" in result.stdout
         and "steady night" in result.stdout
         and "floor" in result.stdout
     )
-    report = json.loads(output.read_text())
     first, steady = report["nights"]["first"], report["nights"]["steady"]
     for night in (first, steady):
         for job in ("update_memberships_job", "update_progress_job"):
@@ -54,29 +51,9 @@ def test_bench_runs_two_nights_and_writes_its_figures(tmp_path):
 
 
 def test_bench_profiles_each_job_and_can_skip_the_floor(tmp_path):
-    output, profiles = tmp_path / "bench.json", tmp_path / "profiles"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "partners_dagster.tools.cli",
-            "bench",
-            "--scale",
-            "tiny",
-            "--no-floor",
-            "--profile",
-            str(profiles),
-            "--output",
-            str(output),
-        ],
-        env={"PATH": "/usr/bin:/bin", "PARTNERS_DAGSTER_DATA": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    profiles = tmp_path / "profiles"
+    result, report = _bench_tiny(tmp_path, "--no-floor", "--profile", str(profiles))
     assert "floor (bare download)" not in result.stdout
-    report = json.loads(output.read_text())
     assert report["profiled"] is True
     assert all(night["floor"] is None for night in report["nights"].values())
     assert sorted(p.name for p in profiles.iterdir()) == [

@@ -32,6 +32,20 @@ def test_importing_any_module_does_no_work_and_reads_no_variable():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def _fresh_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``code`` in a new interpreter with an empty environment of its own; it must succeed."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DAGSTER_HOME": str(tmp_path),
+        "PARTNERS_DAGSTER_DATA": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_loading_the_definitions_leaves_run_only_libraries_unimported(tmp_path):
     # The code server, the daemon and every run process load the definitions; the HTTP
     # client, the database layer and the test tools load only when a step uses them.
@@ -44,15 +58,7 @@ def test_loading_the_definitions_leaves_run_only_libraries_unimported(tmp_path):
         "         'partners_dagster.partners_api.client', 'partners_dagster.teachcomputing.repository']\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DAGSTER_HOME": str(tmp_path),
-        "PARTNERS_DAGSTER_DATA": str(tmp_path),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _fresh_python(code, tmp_path)
     assert result.stdout.strip().splitlines()[-1:] in ([], [""]), result.stdout
 
 
@@ -69,25 +75,11 @@ def test_loading_the_code_location_settles_its_objects_and_skips_the_last_collec
         "a, b = Node(), Node(); a.other, b.other = b, a\n"
         "del a, b\n"
     )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DAGSTER_HOME": str(tmp_path),
-        "PARTNERS_DAGSTER_DATA": str(tmp_path),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _fresh_python(code, tmp_path)
     assert "frozen True" in result.stdout
     assert "finalised at exit" not in result.stdout
     # The control: without the definitions, the same cycle is finalised at exit.
-    control = subprocess.run(
-        [sys.executable, "-c", code.replace("d.defs()", "pass")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    control = _fresh_python(code.replace("d.defs()", "pass"), tmp_path)
     assert "finalised at exit" in control.stdout
 
 
