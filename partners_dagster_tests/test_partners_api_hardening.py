@@ -328,6 +328,14 @@ def test_item03_redis_cache_that_goes_down_fails_each_request_not_the_step(sandb
 # -- item 4: an overall deadline per request -----------------------------------------------
 
 
+def _send_json(handler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def _trickle(where: str):
     """Answer one byte at a time, 0.2 s apart: no socket read waits long enough to time out.
     Bounded: at most 300 bytes (60 s), less if the client hangs up or the test ends."""
@@ -370,11 +378,7 @@ def test_item04_every_deadline_is_watched_by_one_shared_thread(local_server, tmp
     body = b"[]"
 
     def answer(handler, stop):
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _send_json(handler, body)
 
     url = local_server(answer)
     client = _client(url, tmp_path, cache=None)
@@ -483,11 +487,7 @@ def test_item06_bearer_token_does_not_reach_the_cache_on_a_same_host_redirect(
             handler.send_header("Content-Length", "0")
             handler.end_headers()
             return
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _send_json(handler, body)
 
     url = local_server(redirect_once)
     client = _client(url, tmp_path)
