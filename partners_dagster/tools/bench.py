@@ -16,13 +16,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jwt
 import requests
 from sqlalchemy import func, inspect, select
 
 from .. import settings
 from ..defs.constants import DEFINITIONS_MODULE, NIGHTLY_JOBS
 from ..partners_api.client import ENDPOINTS
+from ..partners_api.tokens import TokenSource
 from ..sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, SandboxControl, generate
 from ..sandbox.seed import seed_from_dataset
 from ..steps.progress_update import ProgressCounts
@@ -122,23 +122,13 @@ def run_metadata(dagster_home: Path, job: str) -> dict:
 
 def floor(url: str, paths: list[str], concurrency: int) -> float:
     """Download and parse the same responses with bare requests + json, same concurrency."""
-    token = {"value": "", "expires": 0.0}
-
-    def auth() -> dict:
-        if time.time() > token["expires"] - 30:
-            now = int(time.time())
-            claims = {"iss": DEFAULT_CONSUMER_KEY, "iat": now, "exp": now + 90}
-            token.update(
-                value=jwt.encode(claims, DEFAULT_CONSUMER_SECRET, algorithm="HS256"),
-                expires=now + 90,
-            )
-        return {"Authorization": f"Bearer {token['value']}"}
-
+    tokens = TokenSource(DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET)
     session = requests.Session()
     session.trust_env = False
 
     def get(path: str) -> None:
-        response = session.get(url + path, headers=auth(), timeout=60)
+        headers = {"Authorization": f"Bearer {tokens.token()}"}
+        response = session.get(url + path, headers=headers, timeout=60)
         json.loads(response.content)
 
     started = time.perf_counter()
@@ -152,15 +142,12 @@ def floor_paths(
 ) -> list[str]:
     """What step 1 must download tonight: the runs, every known run's report, and every
     membership on those reports not yet linked."""
+    # Renewed as it nears expiry: with added latency this takes longer than a token lives.
+    tokens = TokenSource(DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET)
 
     def get(path: str):
-        # A token per request: with added latency this takes longer than a token lives.
-        now = int(time.time())
-        claims = {"iss": DEFAULT_CONSUMER_KEY, "iat": now, "exp": now + 90}
-        token = jwt.encode(claims, DEFAULT_CONSUMER_SECRET, algorithm="HS256")
-        response = requests.get(
-            url + path, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        )
+        headers = {"Authorization": f"Bearer {tokens.token()}"}
+        response = requests.get(url + path, headers=headers, timeout=60)
         response.raise_for_status()
         return response.json()
 
