@@ -151,10 +151,15 @@ def redis_client_from_url(url: str, *, timeout_seconds: float = 10.0) -> redis.R
 
 def waiting_summary(rows: Sequence[OutboxRow], now: datetime) -> tuple[int, timedelta | None]:
     """How many rows wait and the age of the oldest, from ``created_at``."""
-    if not rows:
-        return 0, None
-    oldest = min(to_utc(row.created_at) for row in rows)
-    return len(rows), max(to_utc(now) - oldest, timedelta(0))
+    oldest = min((to_utc(row.created_at) for row in rows), default=None)
+    return len(rows), waiting_age(oldest, now)
+
+
+def waiting_age(oldest_created_at: datetime | None, now: datetime) -> timedelta | None:
+    """How long the oldest waiting row has waited (never negative), or None if none waits."""
+    if oldest_created_at is None:
+        return None
+    return max(to_utc(now) - to_utc(oldest_created_at), timedelta(0))
 
 
 def deliver(
@@ -171,12 +176,9 @@ def deliver(
     a password) when Redis fails; rows delivered before the failure stay delivered."""
     if redis_client is None:
         waiting, oldest_created_at = store.waiting()
-        oldest = (
-            None
-            if oldest_created_at is None
-            else max(to_utc(now) - to_utc(oldest_created_at), timedelta(0))
+        return DeliveryResult(
+            waiting=waiting, oldest_waiting_age=waiting_age(oldest_created_at, now)
         )
-        return DeliveryResult(waiting=waiting, oldest_waiting_age=oldest)
     rows = list(store.pending_rows())
 
     label = redis_label or describe_client(redis_client)
