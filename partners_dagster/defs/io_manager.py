@@ -26,6 +26,15 @@ _VALUES: dict[str, dict[str, Any]] = {}
 _LOCK = threading.Lock()
 
 
+_MISSING = object()
+
+
+def _held(run_id: str, key: str) -> Any:
+    """The value ``key`` holds in run ``run_id``, or ``_MISSING``."""
+    with _LOCK:
+        return _VALUES.get(run_id, {}).get(key, _MISSING)
+
+
 def _keep(run_id: str, key: str, value: Any) -> None:
     with _LOCK:
         if run_id not in _VALUES:
@@ -48,20 +57,18 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         key = context.asset_key.to_user_string()
         run_id = context.step_context.run_id
-        with _LOCK:
-            held = _VALUES.get(run_id, {})
-            if key in held:
-                return held[key]
+        held = _held(run_id, key)
+        if held is not _MISSING:
+            return held
         context.log.info(f"rebuilding {key} from the response cache and the database")
         return self.rebuild(key, run_id)
 
     def rebuild(self, key: str, run_id: str) -> Any:
         """The value of asset ``key`` as its run computed it, without its side effects; each
         value rebuilt (upstream ones too) is kept for the rest of the run."""
-        with _LOCK:
-            held = _VALUES.get(run_id, {})
-            if key in held:
-                return held[key]
+        held = _held(run_id, key)
+        if held is not _MISSING:
+            return held
         value = self._compute(key, run_id)
         _keep(run_id, key, value)
         return value
