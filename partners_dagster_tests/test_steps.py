@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from partners_dagster.partners_api import CourseRun, Rejection
-from partners_dagster.rules import Programme
+from partners_dagster.rules import Programme, State, auto_enrol_job, next_achievement
 from partners_dagster.steps.course_progress import CourseFacts, plan_course_progress
 from partners_dagster.steps.course_reports import (
     ENROLMENT_COLUMNS,
@@ -208,6 +210,72 @@ def test_course_plan_table():
         "unchanged": 1,
         "skipped_complete": 1,
     }
+
+
+_ACHIEVEMENT_ROW = st.tuples(
+    st.integers(0, 100),  # stored progress
+    st.sampled_from(list(State)),
+    st.integers(0, 100),  # the latest enrolment's progress
+    st.booleans(),  # deactivated
+    st.booleans(),  # created tonight
+    st.sampled_from(["p", None]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ACHIEVEMENT_ROW, max_size=40))
+def test_course_plan_applies_the_rule_to_every_row_as_one_row_at_a_time_would(rows):
+    """The planner runs ``next_achievement`` once per distinct input, not once a row; its
+    plan must be the one a row-by-row reading of the same rule gives, jobs in row order."""
+    users = [f"d0d0d0d0-0000-4000-8000-{i:012d}" for i in range(len(rows))]
+    latest = pd.DataFrame(
+        {
+            "user_id": users,
+            "run_uuid": R1,
+            "membership_uuid": M1,
+            "deactivated_at": [NOW if r[3] else pd.NaT for r in rows],
+            "progress": [r[2] for r in rows],
+        }
+    )
+    stored = pd.DataFrame(
+        {
+            "id": [f"ach-{i}" for i in range(len(rows))],
+            "user_id": users,
+            "progress": [r[0] for r in rows],
+            "programme_id": [r[5] for r in rows],
+            "state": [str(r[1]) for r in rows],
+            "last_sort_key": 10,
+        }
+    )
+    created = [f"ach-{i}" for i, r in enumerate(rows) if r[4]]
+    plan = plan_course_progress(latest, stored, _facts(), created)
+
+    updates, moves, jobs, unchanged = [], [], [], 0
+    for i, (progress, state, new, deactivated, is_new, programme_id) in enumerate(rows):
+        if state is State.COMPLETE:
+            continue
+        outcome = next_achievement(progress, state, new, deactivated)
+        changed = outcome.progress != progress or outcome.moved
+        if changed or is_new:
+            job = auto_enrol_job(
+                programme=_facts().programmes.get(programme_id) if programme_id else None,
+                achievement_id=f"ach-{i}",
+                user_id=users[i],
+                has_csa_enrolment=False,
+                now=NOW,
+            )
+            jobs += [job.dedup_key] if job else []
+        unchanged += not changed
+        if changed:
+            updates.append((f"ach-{i}", outcome.progress))
+        if outcome.moved:
+            moves.append((f"ach-{i}", str(outcome.state), 20))
+    assert [(u["id"], u["progress"]) for u in plan.updates] == updates
+    assert [(t["achievement_id"], t["to_state"], t["sort_key"]) for t in plan.transitions] == moves
+    auto_enrol = [j.dedup_key for j in plan.jobs if j.job_class == "CSAccelerator::AutoEnrolJob"]
+    assert auto_enrol == jobs
+    assert plan.counts["unchanged"] == unchanged
+    assert plan.counts["skipped_complete"] == sum(r[1] is State.COMPLETE for r in rows)
 
 
 # -- step 2's unit of work on a temporary repository ------------------------------------------

@@ -70,30 +70,34 @@ def plan_course_progress(
     of the achievements created in this transaction."""
     plan = CoursePlan()
     now = facts.now
-    created = set(created)
     rows = latest.merge(stored, on="user_id", how="inner", suffixes=("_new", ""))
-    for row in rows.itertuples(index=False):
-        if row.state == State.COMPLETE:  # never changed again, whoever completed it
-            plan.counts["skipped_complete"] += 1
-            continue
+    complete = rows["state"] == State.COMPLETE  # never changed again, whoever completed it
+    plan.counts["skipped_complete"] += int(complete.sum())
+    rows = rows[~complete]
+    if rows.empty:
+        return plan
+    rows = _with_outcomes(rows)
+    # Most rows change nothing on a steady night: only the changed ones, and the ones created
+    # in this transaction, are looked at one by one.
+    changed = (rows["outcome_progress"] != rows["progress"]) | rows["outcome_moved"]
+    plan.counts["unchanged"] += int((~changed).sum())
+    interesting = changed | rows["id"].isin(set(created))
+    for row, row_changed in zip(
+        rows[interesting].itertuples(index=False), changed[interesting], strict=True
+    ):
         deactivated_at = None if pd.isna(row.deactivated_at) else row.deactivated_at
-        outcome = next_achievement(
-            int(row.progress), row.state, int(row.progress_new), deactivated_at is not None
-        )
-        changed = outcome.progress != row.progress or outcome.moved
+        outcome = row.outcome
         programme = facts.programmes.get(row.programme_id) if row.programme_id else None
-        if changed or row.id in created:
-            job = auto_enrol_job(
-                programme=programme,
-                achievement_id=row.id,
-                user_id=row.user_id,
-                has_csa_enrolment=row.user_id in facts.users_with_csa_enrolment,
-                now=now,
-            )
-            if job is not None:
-                plan.jobs.append(job)
-        if not changed:
-            plan.counts["unchanged"] += 1
+        job = auto_enrol_job(
+            programme=programme,
+            achievement_id=row.id,
+            user_id=row.user_id,
+            has_csa_enrolment=row.user_id in facts.users_with_csa_enrolment,
+            now=now,
+        )
+        if job is not None:
+            plan.jobs.append(job)
+        if not row_changed:
             continue
         if outcome.progress > row.progress:
             plan.counts["progressed"] += 1
@@ -134,15 +138,39 @@ def plan_course_progress(
     return plan
 
 
+def _with_outcomes(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with each one's ``next_achievement`` outcome: the rule runs once for each
+    distinct (progress, state, new progress, deactivated), not once a row."""
+    keys = pd.DataFrame(
+        {
+            "progress": rows["progress"].astype("int64"),
+            "state": rows["state"].astype(str),
+            "progress_new": rows["progress_new"].astype("int64"),
+            "deactivated": rows["deactivated_at"].notna(),
+        },
+        index=rows.index,
+    )
+    outcomes = {
+        key: next_achievement(*key)
+        for key in keys.drop_duplicates().itertuples(index=False, name=None)
+    }
+    found = [outcomes[key] for key in keys.itertuples(index=False, name=None)]
+    return rows.assign(
+        outcome=found,
+        outcome_progress=[outcome.progress for outcome in found],
+        outcome_moved=[outcome.moved for outcome in found],
+    )
+
+
 def plan_violations(stored: pd.DataFrame, plan: CoursePlan) -> Counter:
     """Checked against the stored rows, not the planner's own view: progress never goes down
     and a complete achievement never changes."""
-    if not plan.updates:
-        return Counter(progress_decreases=0, complete_changed=0)
-    updates = pd.DataFrame(plan.updates, columns=["id", "progress"]).merge(
-        stored[["id", "progress", "state"]], on="id", how="left", suffixes=("", "_stored")
-    )
+    new_progress = {update["id"]: update["progress"] for update in plan.updates}
+    updated = stored[stored["id"].isin(set(new_progress))]
     return Counter(
-        progress_decreases=int((updates["progress"] < updates["progress_stored"]).sum()),
-        complete_changed=int((updates["state"] == "complete").sum()),
+        progress_decreases=sum(
+            new_progress[i] < progress
+            for i, progress in zip(updated["id"], updated["progress"], strict=True)
+        ),
+        complete_changed=int((updated["state"] == "complete").sum()),
     )
