@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import jwt
@@ -14,6 +15,7 @@ from partners_dagster.partners_api import (
     NotFoundError,
     UnauthorizedError,
 )
+from partners_dagster.partners_api.client import ENROLMENTS_REPORT
 from partners_dagster.partners_api.tokens import TokenSource
 from partners_dagster.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, Faults
 
@@ -225,6 +227,36 @@ def test_concurrent_fetches_return_every_report_once(sandbox, make_client, tiny_
     assert _requests(sandbox, "course_enrolments_report") == len(run_uuids)
     assert dict(client.enrolment_reports(run_uuids)).keys() == results.keys()
     assert _requests(sandbox, "course_enrolments_report") == len(run_uuids)
+
+
+def test_reports_the_cache_holds_are_read_first_on_the_calling_thread_the_rest_on_the_pool(
+    sandbox, make_client, tiny_dataset
+):
+    """Threads only slow a read that waits on no network: the fresh answers the cache holds
+    are read in order on the calling thread, and only the others reach the pool and the API.
+    An expired answer is not among the first."""
+    client = make_client(max_concurrency=4, cache_expiry_seconds=2)
+    run_uuids = tiny_dataset.runs["run_uuid"].tolist()
+    warm = run_uuids[::2]
+    for run_uuid in warm:
+        client.enrolment_report(run_uuid)
+    served_on: dict[str, threading.Thread] = {}
+
+    def fetch(run_uuid):
+        served_on[run_uuid] = threading.current_thread()
+        return client.enrolment_report(run_uuid)
+
+    answered = [key for key, _ in client.fetch_many(run_uuids, fetch, ENROLMENTS_REPORT)]
+    assert answered[: len(warm)] == warm and sorted(answered) == sorted(run_uuids)
+    assert {u for u, t in served_on.items() if t is threading.main_thread()} == set(warm)
+    assert _requests(sandbox, "course_enrolments_report") == len(run_uuids)
+    assert client.stats.snapshot()["course_enrolments_report"]["cache_hits"] == len(warm)
+
+    time.sleep(2.2)  # every answer is now past the cache expiry
+    served_on.clear()
+    assert len(dict(client.fetch_many(run_uuids, fetch, ENROLMENTS_REPORT))) == len(run_uuids)
+    assert threading.main_thread() not in served_on.values()
+    assert _requests(sandbox, "course_enrolments_report") == 2 * len(run_uuids)
 
 
 def test_one_failing_report_does_not_stop_the_others(sandbox, make_client, tiny_dataset):

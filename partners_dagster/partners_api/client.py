@@ -99,6 +99,10 @@ class _DeadlineReached(Exception):
     pass
 
 
+class _NotCached(Exception):
+    """Asked of the response cache alone, which holds no fresh answer."""
+
+
 class RequestStats:
     """Per-endpoint counters: network requests, cache hits, retries. Thread-safe."""
 
@@ -326,22 +330,44 @@ class PartnersApiClient:
     def enrolment_reports(
         self, run_uuids: Iterable[str]
     ) -> Iterator[tuple[str, EnrolmentReport | PartnersApiError]]:
-        """Fetch many reports on a bounded pool; yields (run, report or the error) as each ends."""
-        return self.fetch_many(run_uuids, self.enrolment_report)
+        """Many reports: see ``fetch_many``."""
+        return self.fetch_many(run_uuids, self.enrolment_report, ENROLMENTS_REPORT)
 
     def organisation_memberships(
         self, membership_uuids: Iterable[str]
     ) -> Iterator[tuple[str, OrganisationMembership | PartnersApiError]]:
-        return self.fetch_many(membership_uuids, self.organisation_membership)
+        return self.fetch_many(
+            membership_uuids, self.organisation_membership, ORGANISATION_MEMBERSHIP
+        )
 
     def fetch_many(
-        self, keys: Iterable[str], fetch: Callable[[str], T]
+        self, keys: Iterable[str], fetch: Callable[[str], T], endpoint: str
     ) -> Iterator[tuple[str, T | PartnersApiError]]:
+        """Yields (key, answer or the error) for every key. What the response cache holds is
+        read first, on this thread and in order: threads only slow reads that wait on no
+        network. The rest is fetched on a bounded pool, yielded as each ends."""
         keys = list(keys)
-        if not keys:
+        missing = []
+        if self._backend is not None and endpoint not in UNCACHED_ENDPOINTS:
+            for key in keys:
+                self._local.cache_only = True
+                try:
+                    answer = fetch(key)
+                except _NotCached:
+                    missing.append(key)
+                    continue
+                except PartnersApiError as error:
+                    yield key, error
+                    continue
+                finally:
+                    self._local.cache_only = False
+                yield key, answer
+        else:
+            missing = keys
+        if not missing:
             return
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(keys))) as pool:
-            futures = {pool.submit(fetch, key): key for key in keys}
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(missing))) as pool:
+            futures = {pool.submit(fetch, key): key for key in missing}
             for future in as_completed(futures):
                 try:
                     yield futures[future], future.result()
@@ -527,13 +553,22 @@ class PartnersApiClient:
             return response
 
         remaining = max(deadline.remaining(), 0.001)
+        cache_only = getattr(self._local, "cache_only", False)
         try:
-            response = self._session(endpoint).get(
+            session = self._session(endpoint)
+            if cache_only and not session.cache.contains(
+                key=self._cache_key(requests.Request("GET", url).prepare())
+            ):
+                raise _NotCached  # on a first night, without the cost of a whole cached request
+            response = session.get(
                 url,
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=(min(self.timeout[0], remaining), min(self.timeout[1], remaining)),
                 hooks={"response": read_body},
+                **({"only_if_cached": True} if cache_only else {}),
             )
+        except _NotCached:
+            raise
         except BodyTooLarge:
             self.stats.add(endpoint, "network")
             raise ResponseTooLargeError(
@@ -546,6 +581,8 @@ class PartnersApiClient:
                 self.stats.add(endpoint, "network")
                 raise _DeadlineReached(f"{type(error).__name__} reading {url}") from None
             raise self._failure(error, url, endpoint, token) from None
+        if cache_only and response.status_code == 504:
+            raise _NotCached  # requests-cache's answer when it holds nothing fresh
         from_cache = getattr(response, "from_cache", False)
         self.stats.add(endpoint, "cache_hits" if from_cache else "network")
         if deadline.fired and not from_cache:
