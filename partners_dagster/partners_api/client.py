@@ -348,7 +348,8 @@ class PartnersApiClient:
         network. The rest is fetched on a bounded pool, yielded as each ends."""
         keys = list(keys)
         missing = []
-        if self._backend is not None and endpoint not in UNCACHED_ENDPOINTS:
+        if self._caches(endpoint):
+            self._drop_expired_answers()
             for key in keys:
                 self._local.cache_only = True
                 try:
@@ -388,11 +389,22 @@ class PartnersApiClient:
 
     # -- transport -------------------------------------------------------------------------
 
+    def _caches(self, endpoint: str) -> bool:
+        return self._backend is not None and endpoint not in UNCACHED_ENDPOINTS
+
+    def _drop_expired_answers(self) -> None:
+        """Yesterday's answers out of a SQLite cache, in one statement, so that each one is
+        known missing at a glance instead of asked of the cache in a whole request. A Redis
+        cache drops them itself (a TTL on each key). Failing here only costs speed."""
+        if isinstance(self._backend, requests_cache.SQLiteCache):
+            with contextlib.suppress(sqlite3.Error):
+                self._backend.delete(expired=True, vacuum=False)
+
     def _session(self, endpoint: str) -> requests.Session:
         # Neither requests.Session nor a SQLite connection should be shared between threads:
         # each thread has its own session and cache connection to the same file, and SQLite's
         # own locking (with the busy timeout) orders their writes, across processes too.
-        cached = self._backend is not None and endpoint not in UNCACHED_ENDPOINTS
+        cached = self._caches(endpoint)
         name = "cached_session" if cached else "plain_session"
         session = getattr(self._local, name, None)
         if session is None:
