@@ -259,6 +259,25 @@ def test_reports_the_cache_holds_are_read_first_on_the_calling_thread_the_rest_o
     assert _requests(sandbox, "course_enrolments_report") == 2 * len(run_uuids)
 
 
+def test_while_a_batch_waits_on_its_caller_the_callers_own_requests_reach_the_network(
+    sandbox, make_client, tiny_dataset
+):
+    """The cache-only reading of a batch is off whenever the batch hands an answer, or an
+    error, back to its caller: what the caller asks meanwhile is an ordinary request."""
+    client = make_client()
+    run_uuid = tiny_dataset.runs["run_uuid"].iat[0]
+
+    def fetch(key):
+        raise NotFoundError(f"no report {key}", endpoint=ENROLMENTS_REPORT, status=404)
+
+    (result,) = [
+        (answer, client.enrolment_report(run_uuid))
+        for _, answer in client.fetch_many(["gone"], fetch, ENROLMENTS_REPORT)
+    ]
+    assert isinstance(result[0], NotFoundError) and result[1].run_uuid == run_uuid
+    assert _requests(sandbox, "course_enrolments_report") == 1
+
+
 def test_expired_answers_are_dropped_from_a_sqlite_cache_before_a_batch(
     sandbox, make_client, tiny_dataset
 ):

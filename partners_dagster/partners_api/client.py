@@ -353,14 +353,14 @@ class PartnersApiClient:
             for key in keys:
                 self._local.cache_only = True
                 try:
-                    answer = fetch(key)
+                    answer: T | PartnersApiError = fetch(key)
                 except _NotCached:
                     missing.append(key)
                     continue
                 except PartnersApiError as error:
-                    yield key, error
-                    continue
+                    answer = error
                 finally:
+                    # Off before the caller runs again: its own requests may go to the network.
                     self._local.cache_only = False
                 yield key, answer
         else:
@@ -395,7 +395,8 @@ class PartnersApiClient:
     def _drop_expired_answers(self) -> None:
         """Yesterday's answers out of a SQLite cache, in one statement, so that each one is
         known missing at a glance instead of asked of the cache in a whole request. A Redis
-        cache drops them itself (a TTL on each key). Failing here only costs speed."""
+        cache drops them itself, by the TTL requests-cache gives each key (an hour past its
+        expiry). Failing here only costs speed."""
         if isinstance(self._backend, requests_cache.SQLiteCache):
             with contextlib.suppress(sqlite3.Error):
                 self._backend.delete(expired=True, vacuum=False)
