@@ -42,15 +42,18 @@ def assert_same_state(actual: dict, expected: dict) -> None:
 def test_a_night_with_20_percent_faults_ends_like_a_fault_free_night(
     small_dataset, reference_state, tmp_path
 ):
-    night = Night(small_dataset, tmp_path, max_attempts=8, read_timeout_seconds=0.5)
+    # Of some 5,000 requests, none may fail for good. The client rightly gives up on a call
+    # after 3 token refusals or max_attempts faults: at 3% refusals and 8 attempts, some
+    # call did so about one night in seven (by count). At 1% and 10 attempts, under 1%.
+    night = Night(small_dataset, tmp_path, max_attempts=10, read_timeout_seconds=0.5)
     night.api.faults = Faults(
-        error_rate=0.06,
+        error_rate=0.08,
         rate_limit_rate=0.05,
         retry_after_seconds=0.05,
         drop_rate=0.04,
         slow_rate=0.02,
         slow_seconds=1.0,
-        token_reject_rate=0.03,
+        token_reject_rate=0.01,
         seed=11,
     )
     try:
@@ -129,7 +132,8 @@ def test_two_nights_at_once_still_leave_one_of_everything(
             processes = [night.spawn(job, tmp_path / f"home{i}") for i in range(2)]
             for process in processes:
                 output, _ = process.communicate(timeout=300)
-                assert process.returncode == 0, output[-3000:]
+                errors = [line for line in output.splitlines() if "Error" in line][:10]
+                assert process.returncode == 0, "\n".join(errors) + "\n...\n" + output[-2000:]
         state = night.state()
     finally:
         night.close()
