@@ -44,7 +44,8 @@ def test_a_night_with_20_percent_faults_ends_like_a_fault_free_night(
 ):
     # Of some 5,000 requests, none may fail for good. The client rightly gives up on a call
     # after 3 token refusals or max_attempts faults: at 3% refusals and 8 attempts, some
-    # call did so about one night in seven (by count). At 1% and 10 attempts, under 1%.
+    # call did so about one night in seven (estimated from the rates). At 1% and 10
+    # attempts, under 1%.
     night = Night(small_dataset, tmp_path, max_attempts=10, read_timeout_seconds=0.5)
     night.api.faults = Faults(
         error_rate=0.08,
