@@ -284,6 +284,9 @@ class PartnersApiClient:
         self._thread_backends: list[requests_cache.BaseCache] = []
         self._local = threading.local()
         self.stats = RequestStats()
+        # Refetch (an operator's run option): ask the API again instead of using what the
+        # response cache holds, and store the new answers.
+        self.refetch = False
 
     # -- public reads ----------------------------------------------------------------------
 
@@ -348,7 +351,7 @@ class PartnersApiClient:
         network. The rest is fetched on a bounded pool, yielded as each ends."""
         keys = list(keys)
         missing = []
-        if self._caches(endpoint):
+        if self._caches(endpoint) and not self.refetch:
             self._drop_expired_answers()
             for key in keys:
                 self._local.cache_only = True
@@ -579,6 +582,7 @@ class PartnersApiClient:
                 timeout=(min(self.timeout[0], remaining), min(self.timeout[1], remaining)),
                 hooks={"response": read_body},
                 **({"only_if_cached": True} if cache_only else {}),
+                **({"force_refresh": True} if self.refetch and self._caches(endpoint) else {}),
             )
         except _NotCached:
             raise
