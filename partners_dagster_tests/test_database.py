@@ -53,6 +53,7 @@ OWN_TABLES = {
     "partners_dagster_membership_links",
     "partners_dagster_membership_lookups",
     "partners_dagster_outbox",
+    "partners_dagster_report_sizes",
 }
 
 

@@ -98,9 +98,7 @@ def preview_night(
         [repository.linked_memberships(), planned.links[["membership_uuid", "user_id"]]],
         ignore_index=True,
     )
-    latest = select_latest_enrolments(
-        enrolments, linked, catalogue.activities, users=scope.users
-    )
+    latest = select_latest_enrolments(enrolments, linked, catalogue.activities, users=scope.users)
     update_achievement_progress(
         repository,
         latest,
