@@ -88,7 +88,7 @@ k8s=$(in_image python -c 'import dagster_k8s; print(dagster_k8s.__version__)' 2>
 echo "dagster_k8s $k8s"
 # The installed package is what runs: no source folder beside it, no build leftovers, and
 # the runtime user cannot change the code or the instance.
-in_image python - <<'PY' || fail "the image's code layout is wrong (see above)"
+podman run --rm -i --network none "$IMAGE" python - <<'PY' || fail "the image's code layout is wrong (see above)"
 import os, pathlib, sys, sysconfig
 import partners_dagster
 package = pathlib.Path(partners_dagster.__file__).parent

@@ -82,7 +82,6 @@ customise_python() { # behave like the official image for `pip install .`
 }
 
 customise_services() {
-  install -m 0755 scripts/deploy/postgres-entrypoint.sh "$1/usr/local/bin/docker-entrypoint.sh"
   mkdir -p "$1/data" "$1/run/postgresql"
   chroot "$1" chown postgres:postgres /run/postgresql
 }
@@ -106,18 +105,17 @@ present_or_pulled "$postgres_image" || need_services+=(postgres)
 present_or_pulled "$redis_image" || need_services+=(redis)
 if ((${#need_services[@]})); then
   tarball=$(rootfs services "postgresql-15,redis-server,ca-certificates,netbase,tzdata")
+  rootfs_image=localhost/partners-dagster-standin-services:bookworm
+  podman import --quiet "$tarball" "$rootfs_image" >/dev/null
   for service in "${need_services[@]}"; do
     case $service in
-      postgres)
-        standin "$postgres_image" "$tarball" \
-          --change 'ENV LANG=C.UTF-8 PGDATA=/var/lib/postgresql/data PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-          --change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' \
-          --change 'CMD ["postgres"]' --change 'EXPOSE 5432'
-        ;;
-      redis)
-        standin "$redis_image" "$tarball" --change 'ENV LANG=C.UTF-8' --change 'WORKDIR /data' \
-          --change 'CMD ["redis-server"]' --change 'EXPOSE 6379'
-        ;;
+      postgres) image=$postgres_image ;;
+      redis) image=$redis_image ;;
     esac
+    # A two-line build on the imported root file system: no registry, no network.
+    podman build --pull=never --quiet -t "$(qualified "$image")" \
+      -f "scripts/deploy/$service-standin.Containerfile" \
+      --build-arg ROOTFS="$rootfs_image" scripts/deploy >/dev/null
+    echo "made stand-in $(qualified "$image") from $tarball"
   done
 fi

@@ -3,6 +3,8 @@
 # postgres image does with POSTGRES_DB, POSTGRES_USER and POSTGRES_PASSWORD on an empty data
 # directory, in a few lines. Debian's PostgreSQL 15; for the deployment check only.
 set -eu
+PATH=/usr/lib/postgresql/15/bin:$PATH
+export PATH
 PGDATA=${PGDATA:-/var/lib/postgresql/data}
 if [ "$(id -u)" = 0 ]; then
   mkdir -p "$PGDATA" /run/postgresql
