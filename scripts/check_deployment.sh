@@ -3,7 +3,7 @@
 # operator would, on this machine. CI runs it (.ci/run); run it as root:
 #   sudo bash scripts/check_deployment.sh
 # In order:
-#   1. install podman and its helpers from Debian, and podman-compose from PyPI (own venv);
+#   1. install podman and its helpers (netavark, aardvark-dns) from Debian, and podman-compose from PyPI (own venv);
 #   2. make the base images locally when no registry serves them (scripts/deploy/base_images.sh,
 #      cached under PARTNERS_DAGSTER_CACHE, default /var/cache/partners-dagster);
 #   3. build the image (`podman build --pull=never`) and check it: the pinned dagster, the
@@ -37,7 +37,8 @@ K8S_VERSION=$(sed -n 's/^ *"dagster-k8s==\([0-9.]*\)",$/\1/p' pyproject.toml)
 
 # --- 1. packages ------------------------------------------------------------------------------
 step "Debian packages and podman-compose"
-packages=(podman buildah debootstrap runc uidmap fuse-overlayfs slirp4netns)
+# netavark and aardvark-dns: name resolution between compose services (scripts/deploy/podman_env.sh).
+packages=(podman buildah debootstrap runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
@@ -208,15 +209,24 @@ postgres=$(container postgres)
 podman exec "$postgres" psql -q -U dagster -d dagster -c 'CREATE DATABASE teachcomputing'
 
 step "compose: a tiny seeded Teach Computing database, then db upgrade"
-compose run --rm db-upgrade partners-dagster db create-teachcomputing-tables 2>&1 | tail -1
-compose run --rm db-upgrade partners-dagster db seed --from-sandbox --scale tiny --seed 1 2>&1 | tail -1
-compose run --rm db-upgrade 2>&1 | tail -1 | grep 'at revision' || fail "db upgrade did not reach a revision"
+in_db_upgrade() { # the db-upgrade service (its image and its one setting), another command
+  local log=$WORK/db-upgrade.log
+  if compose run --rm db-upgrade "$@" >"$log" 2>&1; then
+    grep -v -e 'unable to get systemd' -e '^[0-9a-f]\{64\}$' "$log" | tail -1
+  else
+    tail -25 "$log"
+    fail "podman-compose run db-upgrade ${*:-(db upgrade)} failed"
+  fi
+}
+in_db_upgrade partners-dagster db create-teachcomputing-tables
+in_db_upgrade partners-dagster db seed --from-sandbox --scale tiny --seed 1
+in_db_upgrade | grep 'at revision' || fail "db upgrade did not reach a revision"
 
 step "compose: code server (with the sandbox API inside it), webserver, daemon"
 compose up -d code-server >>"$WORK/compose.log" 2>&1
 wait_healthy code-server
 code_server=$(container code-server)
-podman exec -d "$code_server" partners-dagster sandbox --host 127.0.0.1 --port 8765 --scale tiny --seed 1
+podman exec -d "$code_server" partners-dagster sandbox --host 127.0.0.1 --port 8765 --scale tiny --seed 1 >/dev/null
 compose up -d webserver daemon >>"$WORK/compose.log" 2>&1
 wait_healthy webserver daemon
 podman exec "$code_server" python -c '
