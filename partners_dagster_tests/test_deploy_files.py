@@ -400,7 +400,9 @@ def test_the_image_has_the_library_of_the_helm_run_launcher():
     # so the project depends on dagster-k8s, in lock-step with dagster-postgres.
     assert _helm_values()["runLauncher"]["type"] == "K8sRunLauncher"
     pins = _pins()
-    assert pins.get("dagster-k8s") == pins["dagster-postgres"], "pin dagster-k8s like dagster-postgres"
+    assert (
+        pins.get("dagster-k8s") == pins["dagster-postgres"]
+    ), "pin dagster-k8s like dagster-postgres"
 
 
 def test_git_ignores_the_compose_env_file():

@@ -67,6 +67,88 @@ source scripts/deploy/podman_env.sh
 step "base images (pulled, or made with debootstrap and cached)"
 bash scripts/deploy/base_images.sh
 
+# --- the work folder, the compose project and the teardown (set up before anything runs) --
+WORK=$(mktemp -d /tmp/partners-dagster-check.XXXXXX)
+COMPOSE_DIR=$WORK/compose
+cp -r deploy/compose "$COMPOSE_DIR"
+secret() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
+pg_password=$(secret)
+redis_password=$(secret)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# .env as an operator fills it in (from .env.example): the Teach Computing database is a
+# second database in the compose PostgreSQL, the Sidekiq Redis a second Redis database, and
+# the Partners API the sandbox inside the code server's container (it answers loopback only).
+sed -e "s|^DAGSTER_PG_PASSWORD=.*|DAGSTER_PG_PASSWORD=$pg_password|" \
+  -e "s|^REDIS_PASSWORD=.*|REDIS_PASSWORD=$redis_password|" \
+  -e "s|^FL_PARTNERS_CACHE=.*|FL_PARTNERS_CACHE=redis://:$redis_password@redis:6379/0|" \
+  -e "s|^FL_PARTNERS_URL=.*|FL_PARTNERS_URL=http://127.0.0.1:8765|" \
+  -e "s|^FL_PARTNERS_CONSUMER_KEY=.*|FL_PARTNERS_CONSUMER_KEY=check-$(secret)|" \
+  -e "s|^FL_PARTNERS_CONSUMER_SECRET=.*|FL_PARTNERS_CONSUMER_SECRET=$(secret)|" \
+  -e "s|^TEACHCOMPUTING_DATABASE_URL=.*|TEACHCOMPUTING_DATABASE_URL=postgresql+psycopg2://dagster:$pg_password@postgres:5432/teachcomputing|" \
+  -e "s|^TEACHCOMPUTING_SIDEKIQ_REDIS_URL=.*|TEACHCOMPUTING_SIDEKIQ_REDIS_URL=redis://:$redis_password@redis:6379/1|" \
+  -e "s|^PARTNERS_DAGSTER_IMAGE=.*|PARTNERS_DAGSTER_IMAGE=$IMAGE|" \
+  deploy/compose/.env.example >"$COMPOSE_DIR/.env"
+# Port 3000 may be taken on a CI machine.
+cat >"$COMPOSE_DIR/check-override.yaml" <<YAML
+services:
+  webserver:
+    ports: !override
+      - "127.0.0.1:$port:3000"
+YAML
+compose() {
+  (cd "$COMPOSE_DIR" && "$COMPOSE_VENV/bin/podman-compose" -p "$PROJECT" \
+    -f docker-compose.yaml -f check-override.yaml "$@")
+}
+container() { podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" | head -1; }
+
+healthchecks_pid=
+teardown() {
+  local status=$? id service
+  set +e
+  trap - EXIT INT TERM
+  step "teardown (exit status $status)"
+  [[ -n $healthchecks_pid ]] && kill "$healthchecks_pid" 2>/dev/null
+  if ((status != 0)) && [[ -s $WORK/compose.log ]]; then
+    echo "--- last lines of podman-compose"
+    tail -20 "$WORK/compose.log" 2>/dev/null
+    for service in db-upgrade code-server webserver daemon; do
+      id=$(container "$service" || true)
+      [[ -n $id ]] && { echo "--- last lines of $service"; podman logs --tail 25 "$id" 2>&1 || true; }
+    done
+  fi
+  if podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | grep -q .; then
+    compose down -v >/dev/null 2>&1 || echo "podman-compose down -v failed"
+  fi
+  rm -rf "$WORK"
+  echo "deployment check took $(($(date +%s) - started)) s"
+  exit "$status"
+}
+trap teardown EXIT INT TERM
+
+# podman-compose on podman 4 needs systemd timers for healthchecks, and there is none here:
+# run each container's healthcheck every few seconds ourselves, and wait for the states that
+# depends_on names (podman-compose ignores its conditions).
+run_healthchecks() {
+  while sleep 3; do
+    for id in $(podman ps -q --filter "label=io.podman.compose.project=$PROJECT"); do
+      podman healthcheck run "$id" >/dev/null 2>&1 || true
+    done
+  done
+}
+wait_healthy() { # SERVICE... within 240 s
+  local service id deadline=$(($(date +%s) + 240))
+  for service in "$@"; do
+    until id=$(container "$service") && [[ -n $id ]] \
+      && [[ $(podman inspect --format '{{.State.Health.Status}}' "$id" 2>/dev/null) == healthy ]]; do
+      (($(date +%s) < deadline)) || fail "$service is not healthy after 240 s"
+      [[ -n $id && $(podman inspect --format '{{.State.Status}}' "$id") == exited ]] \
+        && fail "$service exited"
+      sleep 2
+    done
+    echo "$service healthy"
+  done
+}
+
 # --- 3. the image -----------------------------------------------------------------------------
 step "podman build --pull=never -f $DOCKERFILE"
 build_started=$(date +%s)
@@ -121,85 +203,6 @@ fi
 echo "no secret in the image's env or history"
 
 # --- 4. compose -------------------------------------------------------------------------------
-WORK=$(mktemp -d /tmp/partners-dagster-check.XXXXXX)
-COMPOSE_DIR=$WORK/compose
-cp -r deploy/compose "$COMPOSE_DIR"
-secret() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
-pg_password=$(secret)
-redis_password=$(secret)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# .env as an operator fills it in (from .env.example): the Teach Computing database is a
-# second database in the compose PostgreSQL, the Sidekiq Redis a second Redis database, and
-# the Partners API the sandbox inside the code server's container (it answers loopback only).
-sed -e "s|^DAGSTER_PG_PASSWORD=.*|DAGSTER_PG_PASSWORD=$pg_password|" \
-  -e "s|^REDIS_PASSWORD=.*|REDIS_PASSWORD=$redis_password|" \
-  -e "s|^FL_PARTNERS_CACHE=.*|FL_PARTNERS_CACHE=redis://:$redis_password@redis:6379/0|" \
-  -e "s|^FL_PARTNERS_URL=.*|FL_PARTNERS_URL=http://127.0.0.1:8765|" \
-  -e "s|^FL_PARTNERS_CONSUMER_KEY=.*|FL_PARTNERS_CONSUMER_KEY=check-$(secret)|" \
-  -e "s|^FL_PARTNERS_CONSUMER_SECRET=.*|FL_PARTNERS_CONSUMER_SECRET=$(secret)|" \
-  -e "s|^TEACHCOMPUTING_DATABASE_URL=.*|TEACHCOMPUTING_DATABASE_URL=postgresql+psycopg2://dagster:$pg_password@postgres:5432/teachcomputing|" \
-  -e "s|^TEACHCOMPUTING_SIDEKIQ_REDIS_URL=.*|TEACHCOMPUTING_SIDEKIQ_REDIS_URL=redis://:$redis_password@redis:6379/1|" \
-  -e "s|^PARTNERS_DAGSTER_IMAGE=.*|PARTNERS_DAGSTER_IMAGE=$IMAGE|" \
-  deploy/compose/.env.example >"$COMPOSE_DIR/.env"
-# Port 3000 may be taken on a CI machine.
-cat >"$COMPOSE_DIR/check-override.yaml" <<YAML
-services:
-  webserver:
-    ports: !override
-      - "127.0.0.1:$port:3000"
-YAML
-compose() {
-  (cd "$COMPOSE_DIR" && "$COMPOSE_VENV/bin/podman-compose" -p "$PROJECT" \
-    -f docker-compose.yaml -f check-override.yaml "$@")
-}
-container() { podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" | head -1; }
-
-healthchecks_pid=
-teardown() {
-  local status=$? id service
-  set +e
-  trap - EXIT INT TERM
-  step "teardown (exit status $status)"
-  [[ -n $healthchecks_pid ]] && kill "$healthchecks_pid" 2>/dev/null
-  if ((status != 0)); then
-    echo "--- last lines of podman-compose"
-    tail -20 "$WORK/compose.log" 2>/dev/null
-    for service in db-upgrade code-server webserver daemon; do
-      id=$(container "$service" || true)
-      [[ -n $id ]] && { echo "--- last lines of $service"; podman logs --tail 25 "$id" 2>&1 || true; }
-    done
-  fi
-  compose down -v >/dev/null 2>&1 || echo "podman-compose down -v failed"
-  rm -rf "$WORK"
-  echo "deployment check took $(($(date +%s) - started)) s"
-  exit "$status"
-}
-trap teardown EXIT INT TERM
-
-# podman-compose on podman 4 needs systemd timers for healthchecks, and there is none here:
-# run each container's healthcheck every few seconds ourselves, and wait for the states that
-# depends_on names (podman-compose ignores its conditions).
-run_healthchecks() {
-  while sleep 3; do
-    for id in $(podman ps -q --filter "label=io.podman.compose.project=$PROJECT"); do
-      podman healthcheck run "$id" >/dev/null 2>&1 || true
-    done
-  done
-}
-wait_healthy() { # SERVICE... within 240 s
-  local service id deadline=$(($(date +%s) + 240))
-  for service in "$@"; do
-    until id=$(container "$service") && [[ -n $id ]] \
-      && [[ $(podman inspect --format '{{.State.Health.Status}}' "$id" 2>/dev/null) == healthy ]]; do
-      (($(date +%s) < deadline)) || fail "$service is not healthy after 240 s"
-      [[ -n $id && $(podman inspect --format '{{.State.Status}}' "$id") == exited ]] \
-        && fail "$service exited"
-      sleep 2
-    done
-    echo "$service healthy"
-  done
-}
-
 step "compose: postgres and redis"
 compose up -d postgres redis >>"$WORK/compose.log" 2>&1
 run_healthchecks &

@@ -34,7 +34,9 @@ def render(values: dict, kubeconfig: str | None, postgres_host: str | None) -> d
     }
     launcher = values["runLauncher"]
     if launcher["type"] != "K8sRunLauncher":
-        raise SystemExit(f"runLauncher.type is {launcher['type']!r}; this check knows K8sRunLauncher")
+        raise SystemExit(
+            f"runLauncher.type is {launcher['type']!r}; this check knows K8sRunLauncher"
+        )
     k8s = launcher["config"]["k8sRunLauncher"]
     launcher_config = {
         "load_incluster_config": False if kubeconfig else k8s["loadInclusterConfig"],
@@ -51,7 +53,11 @@ def render(values: dict, kubeconfig: str | None, postgres_host: str | None) -> d
         launcher_config["kubeconfig_file"] = kubeconfig
     if k8s.get("envSecrets"):
         launcher_config["env_secrets"] = [item["name"] for item in k8s["envSecrets"]]
-    for key, name in (("envVars", "env_vars"), ("volumeMounts", "volume_mounts"), ("volumes", "volumes")):
+    for key, name in (
+        ("envVars", "env_vars"),
+        ("volumeMounts", "volume_mounts"),
+        ("volumes", "volumes"),
+    ):
         if k8s.get(key):
             launcher_config[name] = k8s[key]
     if "failPodOnRunFailure" in k8s:
@@ -66,8 +72,16 @@ def render(values: dict, kubeconfig: str | None, postgres_host: str | None) -> d
             "class": "PostgresScheduleStorage",
             "config": storage,
         },
-        "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": launcher_config},
-        "run_storage": {"module": "dagster_postgres.run_storage", "class": "PostgresRunStorage", "config": storage},
+        "run_launcher": {
+            "module": "dagster_k8s",
+            "class": "K8sRunLauncher",
+            "config": launcher_config,
+        },
+        "run_storage": {
+            "module": "dagster_postgres.run_storage",
+            "class": "PostgresRunStorage",
+            "config": storage,
+        },
         "event_log_storage": {
             "module": "dagster_postgres.event_log",
             "class": "PostgresEventLogStorage",
@@ -88,7 +102,10 @@ def render(values: dict, kubeconfig: str | None, postgres_host: str | None) -> d
             "class": "QueuedRunCoordinator",
             **({"config": config} if config else {}),
         }
-    instance["compute_logs"] = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    instance["compute_logs"] = {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
     monitoring = daemon.get("runMonitoring") or {}
     if daemon["enabled"] and monitoring.get("enabled"):
         instance["run_monitoring"] = {

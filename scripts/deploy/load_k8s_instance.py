@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helm_instance import render  # noqa: E402
+from helm_instance import render
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
