@@ -18,7 +18,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from sqlalchemy import inspect, text
 
 from partners_dagster.sandbox import Faults
 from partners_dagster.steps.night_preview import preview_night
@@ -127,16 +126,6 @@ def preview(night: Night, **scope) -> tuple[list[dict], datetime]:
     return result.plan.changes, now
 
 
-def every_row(night: Night) -> dict[str, list]:
-    """Every row of every table, ours and the website's: a dry run must leave them all."""
-    tables = {}
-    with night.engine.connect() as connection:
-        for name in sorted(inspect(night.engine).get_table_names()):
-            rows = connection.execute(text(f'SELECT * FROM "{name}"')).all()
-            tables[name] = sorted(repr(tuple(row)) for row in rows)
-    return tables
-
-
 def dry_run_config(**options) -> dict:
     return {"resources": {"run_options": {"config": {"dry_run": True, **options}}}}
 
@@ -216,9 +205,9 @@ def edge_night(tmp_path, empty_database_url):
 
 def test_the_night_after_a_dry_run_makes_exactly_the_changes_it_listed(edge_night):
     scenario, night = edge_night
-    before_rows = every_row(night)
+    before_rows = night.every_row()
     changes, now = preview(night)
-    assert every_row(night) == before_rows, "the preview wrote something"
+    assert night.every_row() == before_rows, "the preview wrote something"
     kinds = Counter(c["change"] for c in changes)
     assert kinds["link"] == 3 and kinds["achievement"] == 3 and kinds["job"] >= 5, kinds
 
@@ -267,13 +256,13 @@ def test_a_dry_run_of_either_job_writes_nothing_anywhere(edge_night, tmp_path):
         }
         defs = build_definitions(resources)
         client = redis.Redis.from_url(redis_server.url)
-        before = every_row(night)
+        before = night.every_row()
         for job in ("update_memberships_job", "update_progress_job"):
             result = defs.resolve_job_def(job).execute_in_process(
                 instance=night.instance, run_config=dry_run_config(refetch=True)
             )
             assert result.success
-        assert every_row(night) == before
+        assert night.every_row() == before
         assert client.dbsize() == 0
         client.close()
     progress = materialization_metadata(result, "achievement_progress")
@@ -308,7 +297,7 @@ def test_a_dry_run_of_step_2_lists_what_the_real_step_2_then_does(night):
 
 def test_an_unknown_course_or_user_in_the_scope_stops_the_run_before_any_write(edge_night):
     scenario, night = edge_night
-    before = every_row(night)
+    before = night.every_row()
     stranger = str(uuid.uuid4())
     for options, named in (
         ({"courses": [stranger]}, stranger),
@@ -325,10 +314,10 @@ def test_an_unknown_course_or_user_in_the_scope_stops_the_run_before_any_write(e
         assert not result.success
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         assert named in failure.step_failure_data.user_failure_data.description
-        assert every_row(night) == before
+        assert night.every_row() == before
         with pytest.raises(ScopeError, match=named.split("@")[0][:10]):
             preview(night, **options)
-    assert every_row(night) == before
+    assert night.every_row() == before
 
 
 def test_a_scoped_run_changes_only_its_users_rows_as_a_full_night_would(tmp_path):
@@ -407,7 +396,7 @@ def test_refetch_asks_the_api_again_and_stores_the_new_answers(night):
 def test_preview_writes_the_plan_as_json_lines_with_progress_and_a_summary(edge_night, tmp_path):
     scenario, night = edge_night
     out = tmp_path / "plan.jsonl"
-    before = every_row(night)
+    before = night.every_row()
     completed = subprocess.run(
         [str(BIN / "partners-dagster"), "preview", "--out", str(out)],
         env=night.environment(tmp_path / "dagster_home"),
@@ -416,7 +405,7 @@ def test_preview_writes_the_plan_as_json_lines_with_progress_and_a_summary(edge_
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert every_row(night) == before
+    assert night.every_row() == before
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     shapes = {
         "link": {"change", "membership_uuid", "user_id", "matched_by"},
