@@ -188,7 +188,7 @@ def test_uuid_text_someone_else_wrote_in_upper_case_is_read_canonical(engine):
 
 def test_website_columns_have_rails_types_on_postgresql(engine):
     if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has the forms DESIGN.md gives, checked by db check")
+        pytest.skip("SQLite has the forms docs/database.md gives, checked by db check")
     with engine.connect() as connection:
         rows = connection.exec_driver_sql(
             "SELECT table_name || '.' || column_name, data_type, datetime_precision "

@@ -1,6 +1,6 @@
 """Every read and write of the Teach Computing database the jobs make.
 
-The website's tables are written as the website writes them (DESIGN.md, "Database"):
+The website's tables are written as the website writes them (docs/database.md):
 links in ``users.future_learn_organisation_memberships``, achievement state as
 statesman transitions. Set-based statements only (no query per row), one transaction per
 unit of work, and idempotent writes: a unit run twice changes nothing the second time.
