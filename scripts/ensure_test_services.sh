@@ -31,12 +31,12 @@ if ((${#install[@]})) && command -v apt-get >/dev/null; then
 fi
 
 skipping=()
-for what in "${missing[@]}"; do
-  case "$what" in
-    redis-server) skipping+=(test_follow_up_jobs.py test_shared_cache.py "test_sidekiq_delivery.py") ;;
-    docker-compose) skipping+=("test_deploy_files.py's compose check") ;;
-    *) skipping+=("test_sidekiq_delivery.py's Ruby consumer tests") ;;
-  esac
-done
-list=$(printf '%s\n' "${skipping[@]}" | awk '!seen[$0]++' | paste -sd, - | sed 's/,/, /g')
-echo "make test: no ${missing[*]} here, so ${list} will skip; to run them: sudo bash scripts/install_test_services.sh"
+case " ${missing[*]} " in
+  *" redis-server "*) skipping+=(test_follow_up_jobs.py test_shared_cache.py test_sidekiq_delivery.py) ;;
+  *" ruby "* | *gems*) skipping+=("test_sidekiq_delivery.py's Ruby consumer tests") ;;
+esac
+case " ${missing[*]} " in *" docker-compose "*) skipping+=("test_deploy_files.py's compose check") ;; esac
+names=$(printf '%s, ' "${missing[@]}")
+tests=$(printf '%s, ' "${skipping[@]}")
+echo "make test: no ${names%, } here, so ${tests%, } will skip;" \
+  "to run them: sudo bash scripts/install_test_services.sh"
