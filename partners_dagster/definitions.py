@@ -22,7 +22,7 @@ def _env_or(name: str, default: str) -> str | dg.EnvVar:
 
 
 def build_resources() -> dict:
-    """The resources, configured from the environment now (DESIGN.md, "Environment")."""
+    """The resources, configured from the environment now (docs/contracts.md, "Environment")."""
     from . import settings
     from .partners_api.resource import PartnersApiResource
     from .sidekiq.resource import SidekiqResource

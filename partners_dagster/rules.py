@@ -1,4 +1,4 @@
-"""The business rules of DESIGN.md as plain functions: no Dagster, no database.
+"""The business rules of docs/rules.md as plain functions: no Dagster, no database.
 
 Each rule fixes a bug the earlier Ruby jobs had; the docstrings say which.
 """
@@ -407,7 +407,7 @@ def completion_jobs(
     now: datetime,
     globalid_app: str,
 ) -> list[FollowUpJob]:
-    """What the website queues when an achievement moves to ``complete`` (DESIGN.md,
+    """What the website queues when an achievement moves to ``complete`` (docs/follow-up-jobs.md,
     "Follow-up jobs"). A complete achievement never changes, so each job's key is the
     achievement's completion: each is queued once."""
 

@@ -161,11 +161,11 @@ def test_uuids_are_36_character_lowercase_text_or_native(engine):
         assert stored == "0a0b0c0d-0000-4000-8000-00000000000f"
 
 
+# PostgreSQL's uuid type has one text form: SQLite only.
+@pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
 def test_uuid_text_someone_else_wrote_in_upper_case_is_read_canonical(engine):
     # Hardening item 14: the website (or a person) wrote upper case on SQLite; it must not
     # look like a second membership or an unknown course.
-    if engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL's uuid type has one text form")
     with engine.begin() as connection:
         connection.exec_driver_sql(
             "INSERT INTO users (id, email, future_learn_organisation_memberships, created_at, updated_at) "
@@ -187,9 +187,9 @@ def test_uuid_text_someone_else_wrote_in_upper_case_is_read_canonical(engine):
     ]
 
 
+# SQLite has the forms docs/database.md gives, checked by db check: PostgreSQL only.
+@pytest.mark.parametrize("empty_database_url", ["postgresql"], indirect=True)
 def test_website_columns_have_rails_types_on_postgresql(engine):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has the forms DESIGN.md gives, checked by db check")
     with engine.connect() as connection:
         rows = connection.exec_driver_sql(
             "SELECT table_name || '.' || column_name, data_type, datetime_precision "

@@ -1,6 +1,6 @@
 """Typed records for the Partners API responses, and their parsers.
 
-Every field of partners-api.md is kept, nulls included. A record that does not
+Every field of docs/partners-api.md is kept, nulls included. A record that does not
 have the documented shape is rejected with a reason naming the field; callers
 decide whether one bad record spoils the whole response (a single resource) or
 is counted and skipped (one row of an enrolment report).

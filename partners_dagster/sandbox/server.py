@@ -1,6 +1,6 @@
 """A local stand-in for FutureLearn's Partners API sandbox.
 
-Serves the four endpoints of partners-api.md with the recorded shapes and headers,
+Serves the four endpoints of docs/partners-api.md with the recorded shapes and headers,
 checks every JWT like the real API, and can inject faults (latency, 500s, 429s,
 dropped connections, slow responses, tokens rejected early) for tests and
 benchmarks. Control endpoints under ``/_sandbox`` expose request counts and let a test
@@ -49,7 +49,7 @@ OK_HEADERS = {"Cache-Control": "max-age=0, private, must-revalidate"}
 NOT_FOUND_HEADERS = {"Cache-Control": "no-cache"}
 
 CONTROL_TOKEN_HEADER = "X-Sandbox-Control-Token"
-# The real contract (partners-api.md): HS256, numeric iat and exp, a short lifetime.
+# The real contract (docs/partners-api.md): HS256, numeric iat and exp, a short lifetime.
 MAX_TOKEN_LIFETIME_SECONDS = 300
 # How far in the future an iat may lie: clocks of client and server differ a little.
 IAT_LEEWAY_SECONDS = 30

@@ -96,7 +96,7 @@ class MembershipMatches:
 
 
 def match_memberships(memberships: pd.DataFrame, users: pd.DataFrame) -> MembershipMatches:
-    """Match each found membership to the user its ``external_learner_id`` names (DESIGN.md,
+    """Match each found membership to the user its ``external_learner_id`` names (docs/rules.md,
     "Memberships"). ``users``: id, email (may be null), forgotten. Forgotten users are never
     matched; users without an email only by id; a value naming two users is ambiguous."""
     found = memberships[memberships["fetch_status"] == "found"]

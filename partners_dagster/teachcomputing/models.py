@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the tables the jobs read and write (DESIGN.md, "Database").
+"""SQLAlchemy models of the tables the jobs read and write (docs/database.md).
 
 Two sets, kept apart on purpose:
 

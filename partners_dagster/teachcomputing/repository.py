@@ -1,6 +1,6 @@
 """Every read and write of the Teach Computing database the jobs make.
 
-The website's tables are written as the website writes them (DESIGN.md, "Database"):
+The website's tables are written as the website writes them (docs/database.md):
 links in ``users.future_learn_organisation_memberships``, achievement state as
 statesman transitions. Set-based statements only (no query per row), one transaction per
 unit of work, and idempotent writes: a unit run twice changes nothing the second time.
@@ -484,6 +484,46 @@ class TeachComputingRepository:
                 )
             ).scalar_one()
         return {"transitions": total, "transitions_from_complete": from_complete}
+
+    def user_history(self, user_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """What ``partners-dagster audit`` shows of one user: every membership in their array
+        with how and when it was linked when a link row says so (uuid, linked_at,
+        dagster_run_id, matched_by), their achievements (id, activity, progress, updated_at;
+        by activity title) and achievement transitions (achievement_id, to_state, most_recent,
+        created_at, meta; by sort_key)."""
+        t = AchievementTransition
+        with read_only(self.engine) as connection:
+            array = connection.execute(
+                select(User.future_learn_organisation_memberships).where(User.id == user_id)
+            ).scalar_one()
+        links = self._frame(
+            select(
+                MembershipLink.membership_uuid,
+                MembershipLink.linked_at,
+                MembershipLink.dagster_run_id,
+                MembershipLink.matched_by,
+            ).where(MembershipLink.user_id == user_id),
+            ["uuid", "linked_at", "dagster_run_id", "matched_by"],
+        )
+        achievements = self._frame(
+            select(Achievement.id, Activity.title, Achievement.progress, Achievement.updated_at)
+            .join(Activity, Activity.id == Achievement.activity_id)
+            .where(Achievement.user_id == user_id)
+            .order_by(Activity.title),
+            ["id", "activity", "progress", "updated_at"],
+        )
+        transitions = self._frame(
+            select(t.achievement_id, t.to_state, t.most_recent, t.created_at, t.transition_metadata)
+            .join(Achievement, Achievement.id == t.achievement_id)
+            .where(Achievement.user_id == user_id)
+            .order_by(t.achievement_id, t.sort_key),
+            ["achievement_id", "to_state", "most_recent", "created_at", "meta"],
+        )
+        # The website, or the old jobs, may have linked some before partners_dagster.
+        memberships = pd.DataFrame(
+            {"uuid": [canonical_uuid_text(str(m)) for m in array or []]}, dtype=object
+        ).merge(links.astype({"uuid": object}), on="uuid", how="left")
+        return memberships, achievements, transitions
 
     # -- follow-up jobs (the outbox) ---------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Column types that behave the same on PostgreSQL and SQLite.
 
-The website's tables have Rails's PostgreSQL types (DESIGN.md, "Database"): native
+The website's tables have Rails's PostgreSQL types (docs/database.md): native
 ``uuid``, ``text[]``, ``json`` and ``timestamp(6) without time zone`` holding UTC. On
 SQLite a UUID is 36-character lowercase text with dashes, ``text[]`` is a JSON array in
 text, and timestamps are UTC text. In Python every UUID is a canonical lowercase string

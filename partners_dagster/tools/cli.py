@@ -440,7 +440,7 @@ def db_downgrade(engine, revision: str) -> None:
 @db.command("create-teachcomputing-tables")
 @click.pass_obj
 def db_create_teachcomputing_tables(engine) -> None:
-    """Create the website's tables (DESIGN.md) in an empty database: for the embedded
+    """Create the website's tables (docs/database.md) in an empty database: for the embedded
     default, the demo, tests and the benchmark. Refuses when any of them exists."""
     from ..teachcomputing.schema import TablesExistError, create_teachcomputing_tables
 
