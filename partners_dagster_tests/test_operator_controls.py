@@ -234,11 +234,23 @@ def test_the_night_after_a_dry_run_makes_exactly_the_changes_it_listed(edge_nigh
     assert preview(night)[0] == []
 
 
-def test_a_dry_run_of_either_job_writes_nothing_anywhere(edge_night, tmp_path):
-    from .redis_server import REDIS_SERVER, REDIS_SERVER_MISSING, RedisServer
+def test_the_first_night_on_the_sandbox_makes_exactly_what_its_preview_listed(
+    tiny_dataset, tmp_path, empty_database_url
+):
+    night = Night(tiny_dataset, tmp_path, database_url=empty_database_url)
+    try:
+        changes, now = preview(night)
+        assert len(changes) > 1000
+        before = snapshot(night)
+        night.both_steps()
+        assert changes_between(before, snapshot(night)) == plan_lines(changes, now)
+    finally:
+        night.close()
 
-    if REDIS_SERVER is None:
-        pytest.skip(REDIS_SERVER_MISSING)
+
+def test_a_dry_run_of_either_job_writes_nothing_anywhere(edge_night, tmp_path):
+    from .redis_server import RedisServer
+
     scenario, night = edge_night
     night.both_steps()  # a night with links and an outbox, then the API moves on
     scenario.enrol("python-2", "bob-m", "2027-03-05T10:00:00", 0.95)
@@ -290,6 +302,39 @@ def test_a_dry_run_of_step_2_lists_what_the_real_step_2_then_does(night):
     assert made["progress"] > 0
     for kind in ("achievement", "progress", "transition", "job"):
         assert planned[f"plan_{kind}"] == made[kind], kind
+
+
+# Row locks: PostgreSQL only (SQLite readers never wait for a writer).
+@pytest.mark.parametrize("empty_database_url", ["postgresql"], indirect=True)
+def test_a_dry_run_takes_no_lock_the_website_would_wait_for(edge_night):
+    """On PostgreSQL a real night locks each course's achievements while it writes them; a
+    dry run reads them without a lock, so it finishes while the website holds them."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    scenario, night = edge_night
+    night.both_steps()
+    website = create_engine(night.database_url)
+    connection = website.connect()
+    transaction = connection.begin()
+    held = connection.execute(text("SELECT id FROM achievements FOR UPDATE")).all()
+    assert held
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.append(run(night, "update_progress_job", dry_run_config()))
+    )
+    try:
+        worker.start()
+        worker.join(timeout=180)
+        finished_while_locked = not worker.is_alive()
+    finally:
+        transaction.rollback()
+        connection.close()
+        worker.join(timeout=180)
+        website.dispose()
+    assert finished_while_locked
+    assert results and results[0].success
 
 
 # -- scope ------------------------------------------------------------------------------------
