@@ -97,6 +97,15 @@ def _wait_for_run(client, run_id: str, daemon: subprocess.Popen, log: Path) -> N
     assert status == dg.DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
 
 
+def _materialization(instance, run_id: str, asset: str):
+    (event,) = [
+        event
+        for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if event.asset_materialization.asset_key == dg.AssetKey(asset)
+    ]
+    return event
+
+
 def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
     tiny_dataset, tmp_path, dagster_database
 ):
@@ -238,40 +247,26 @@ def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
         with dg.DagsterInstance.get() as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             links = instance.get_latest_materialization_event(dg.AssetKey("membership_links"))
-            (progress,) = [
-                event
-                for event in instance.all_logs(
-                    run_ids["update_progress_job"],
-                    of_type=dg.DagsterEventType.ASSET_MATERIALIZATION,
-                )
-                if event.asset_materialization.asset_key == dg.AssetKey("achievement_progress")
-            ]
-            latest = instance.get_latest_materialization_event(dg.AssetKey("latest_enrolments"))
+            progress = _materialization(
+                instance, run_ids["update_progress_job"], "achievement_progress"
+            )
+            latest = _materialization(instance, alone, "latest_enrolments")
             control_progress = {
-                name: {
-                    k: v.value
-                    for k, v in event.asset_materialization.metadata.items()
-                    if k in ("dry_run", "scope", "latest_enrolments")
-                }
+                name: _materialization(instance, run_id, "achievement_progress")
+                .asset_materialization.metadata["dry_run"]
+                .value
                 for name, run_id in control_runs.items()
-                for event in instance.all_logs(
-                    run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-                )
-                if event.asset_materialization.asset_key == dg.AssetKey("achievement_progress")
             }
             control_scope = {
-                name: event.asset_materialization.metadata["scope"].value
+                name: _materialization(instance, run_id, "course_runs")
+                .asset_materialization.metadata["scope"]
+                .value
                 for name, run_id in control_runs.items()
-                for event in instance.all_logs(
-                    run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-                )
-                if event.asset_materialization.asset_key == dg.AssetKey("course_runs")
             }
     finally:
         os.environ.clear()
         os.environ.update(previous)
-    assert control_progress["dry_run"]["dry_run"] is True
-    assert control_progress["scoped"]["dry_run"] is False
+    assert control_progress == {"dry_run": True, "scoped": False, "refetch": False}
     assert control_scope["scoped"] == "1 course(s), 1 user(s)"
     assert control_scope["refetch"] == control_scope["dry_run"] == "every course and user"
     assert links.run_id == run_ids["update_memberships_job"]

@@ -41,9 +41,13 @@ class RunOptions(dg.ConfigurableResource):
     def scope(self, repository) -> RunScope:
         """The scope resolved against the database; a name that matches nothing stops the
         run here, before any write, naming it."""
+        if not self.courses and not self.users:
+            return RunScope()  # a full night: nothing to read to know that
         try:
-            courses = resolve_courses(
-                self.courses, repository.catalogue().activities["course_uuid"]
+            courses = (
+                resolve_courses(self.courses, repository.catalogue().activities["course_uuid"])
+                if self.courses
+                else None
             )
             users = resolve_users(self.users, repository.users()) if self.users else None
         except ScopeError as error:

@@ -271,7 +271,7 @@ class TeachComputingRepository:
         naming = lookups_naming_forgotten_users(lookups, users)
         forgotten_ids = list(forgotten["id"])
         table = MembershipLink.__table__
-        with self.engine.connect() if dry_run else self.engine.begin() as connection:
+        with read_only(self.engine) if dry_run else self.engine.begin() as connection:
             link_rows = 0
             for chunk in batches(forgotten_ids):
                 if dry_run:
