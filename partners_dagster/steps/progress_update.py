@@ -98,37 +98,34 @@ def update_achievement_progress(
     plan = plan if plan is not None else NightPlan()
     courses = latest.latest.groupby("activity_id", sort=True)
     for done, (activity_id, rows) in enumerate(courses, start=1):
-        if on_course is not None and done > 1:
-            on_course(done - 1, courses.ngroups)
         kept = rows[~rows["user_id"].isin(forgotten)]
         counts["skipped_forgotten"] += len(rows) - len(kept)
-        if kept.empty:
-            continue
-        activity = activities.loc[activity_id]
-        facts = CourseFacts(
-            activity_id=activity_id,
-            credit=None if pd.isna(activity["credit"]) else float(activity["credit"]),
-            category=activity["category"] if isinstance(activity["category"], str) else None,
-            programmes=programmes,
-            users_with_csa_enrolment=users_with_csa,
-            globalid_app=globalid_app,
-            dagster_run_id=dagster_run_id,
-            now=now,
-        )
-        programme_ids = catalogue.programme_ids_by_activity.get(activity_id, [])
-        try:
-            counts += _apply_course(
-                repository, kept, facts, programme_ids, enrolments_by_user, dry_run, plan
+        if not kept.empty:
+            activity = activities.loc[activity_id]
+            facts = CourseFacts(
+                activity_id=activity_id,
+                credit=None if pd.isna(activity["credit"]) else float(activity["credit"]),
+                category=activity["category"] if isinstance(activity["category"], str) else None,
+                programmes=programmes,
+                users_with_csa_enrolment=users_with_csa,
+                globalid_app=globalid_app,
+                dagster_run_id=dagster_run_id,
+                now=now,
             )
-        except SQLAlchemyError as error:
-            raise CourseWriteError(
-                f"database error on course {activity['course_uuid']} ({activity['title']!r}); "
-                f"that course was rolled back, {applied} course(s) before it were applied: "
-                f"{error.__class__.__name__}: {str(error).splitlines()[0][:300]}"
-            ) from error
-        applied += 1
-    if on_course is not None and courses.ngroups:
-        on_course(courses.ngroups, courses.ngroups)
+            programme_ids = catalogue.programme_ids_by_activity.get(activity_id, [])
+            try:
+                counts += _apply_course(
+                    repository, kept, facts, programme_ids, enrolments_by_user, dry_run, plan
+                )
+            except SQLAlchemyError as error:
+                raise CourseWriteError(
+                    f"database error on course {activity['course_uuid']} ({activity['title']!r}); "
+                    f"that course was rolled back, {applied} course(s) before it were applied: "
+                    f"{error.__class__.__name__}: {str(error).splitlines()[0][:300]}"
+                ) from error
+            applied += 1
+        if on_course is not None:
+            on_course(done, courses.ngroups)
     audit = repository.run_audit(dagster_run_id)
     return ProgressCounts(
         courses_applied=applied,
