@@ -385,3 +385,67 @@ def test_18_the_projects_own_tokens_and_small_clock_skew_are_accepted(server):
         {"iat": now + 0.5, "exp": now + 90.5},  # NumericDate may be fractional
     ):
         assert _runs(server.url, _token(**claims)).status_code == 200, claims
+
+
+# -- issue 26, item 2: the sandbox plays Rails ---------------------------------------------
+
+# Our own fixture: compact JSON with a line break and a non-ASCII letter, as Rails renders it.
+# Its ETag was worked out apart from the project's code (`printf '%s' BODY | sha256sum`).
+RAILS_FIXTURE = [
+    {
+        "uuid": "5f1c2e9a-0b7d-4c1e-9a3f-2d6b8e4c7a10",
+        "title": "Programmation: café\nPython",
+        "weeks_count": 3,
+    }
+]
+RAILS_FIXTURE_ETAG = 'W/"69479eed4f94b77e108446b57bc0cae1"'
+
+
+def test_26_the_etag_is_racks_the_first_32_hex_digits_of_the_sha256_of_the_compact_body():
+    from partners_dagster.sandbox.server import COMPACT_JSON, rails_etag
+
+    body = json.dumps(RAILS_FIXTURE, **COMPACT_JSON).encode()
+    assert body == (
+        b'[{"uuid":"5f1c2e9a-0b7d-4c1e-9a3f-2d6b8e4c7a10",'
+        b'"title":"Programmation: caf\xc3\xa9\\nPython","weeks_count":3}]'
+    )
+    assert rails_etag(body) == RAILS_FIXTURE_ETAG
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/partners/course_runs", "RUN", "RUN/course_enrolments_report", "MEMBERSHIP"],
+)
+def test_26_every_200_is_compact_json_with_the_rails_etag_and_cache_control(server, path):
+    from partners_dagster.sandbox.server import rails_etag
+
+    dataset = server.api.dataset
+    path = path.replace("RUN", f"/partners/course_runs/{dataset.runs['run_uuid'].iat[0]}")
+    member = dataset.memberships.query("found")["membership_uuid"].iat[0]
+    path = path.replace("MEMBERSHIP", f"/partners/organisation_memberships/{member}")
+    response = requests.get(
+        server.url + path, headers={"Authorization": f"Bearer {_token()}"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert (
+        response.content
+        == json.dumps(response.json(), separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    assert response.headers["ETag"] == rails_etag(response.content)
+    assert response.headers["Cache-Control"] == "max-age=0, private, must-revalidate"
+
+
+def test_26_a_matching_if_none_match_is_a_304_with_no_body_and_a_stale_one_a_200(server):
+    first = _runs(server.url, _token())
+    etag = first.headers["ETag"]
+    server.control.reset_stats()
+    again = _runs(server.url, _token(), **{"If-None-Match": etag})
+    assert (again.status_code, again.content, again.headers["ETag"]) == (304, b"", etag)
+    assert again.headers["Cache-Control"] == "max-age=0, private, must-revalidate"
+    listed = _runs(server.url, _token(), **{"If-None-Match": f'W/"0000", {etag}'})
+    assert listed.status_code == 304
+    stale = _runs(server.url, _token(), **{"If-None-Match": 'W/"00000000000000000000000000000000"'})
+    assert (stale.status_code, stale.content) == (200, first.content)
+    stats = server.control.stats()
+    assert stats["responses"] == {"course_runs 304": 2, "course_runs 200": 1}
+    assert stats["bytes"] == {"course_runs": len(first.content)}
