@@ -10,6 +10,7 @@ import sys
 import time
 
 import jwt
+import numpy as np
 import pytest
 import requests
 
@@ -449,3 +450,60 @@ def test_26_a_matching_if_none_match_is_a_304_with_no_body_and_a_stale_one_a_200
     stats = server.control.stats()
     assert stats["responses"] == {"course_runs 304": 2, "course_runs 200": 1}
     assert stats["bytes"] == {"course_runs": len(first.content)}
+
+
+# -- issue 26, item 3: a realistic steady night ---------------------------------------------
+
+
+def _changed_runs(before, after) -> set[int]:
+    merged = after.merge(before, on=["run", "membership"], how="left", suffixes=("", "_b"))
+    differs = (
+        merged["steps_completed_count_b"].isna()
+        | (merged["steps_completed_count"] != merged["steps_completed_count_b"])
+        | (merged["deactivated"] != merged["deactivated_b"])
+    )
+    return set(merged.loc[differs, "run"].tolist())
+
+
+def test_26_the_realistic_night_changes_runs_by_how_recently_they_started():
+    from partners_dagster.sandbox.dataset import (
+        ACTIVE_HALF_LIFE_DAYS,
+        ACTIVE_SHARE,
+        NEW_RUN_DAYS,
+        advance_night,
+        progress_odds,
+        run_ages_days,
+    )
+
+    realistic, uniform = generate("small", seed=5), generate("small", seed=5)
+    ages = run_ages_days(realistic)
+    assert ages.min() == 7  # tonight is a week after the newest run started
+    odds = progress_odds(realistic, "realistic", 0.05)
+    # Halved every two weeks of a run's age.
+    assert odds.tolist() == pytest.approx(
+        (ACTIVE_SHARE * 0.5 ** (ages / ACTIVE_HALF_LIFE_DAYS)).tolist()
+    )
+    assert ACTIVE_HALF_LIFE_DAYS == 14 and odds.max() == pytest.approx(ACTIVE_SHARE * 0.5**0.5)
+    assert (np.diff(odds[np.argsort(ages)]) <= 0).all()  # never more on an older run
+
+    before = realistic.enrolments.copy()
+    changes = advance_night(realistic, 9, model="realistic")
+    changed = _changed_runs(before, realistic.enrolments)
+    assert changes["model"] == "realistic" and changes["runs_changed"] == len(changed) > 0
+    # Few runs change, and the recent ones: none older than a year, most within 10 weeks.
+    assert len(changed) < 0.15 * len(realistic.runs)
+    assert max(ages[list(changed)]) < 365
+    assert np.median(ages[list(changed)]) < 70 < np.median(ages)
+    new = realistic.enrolments.merge(before, on=["run", "membership"], how="left")
+    new_runs = new.loc[new["steps_completed_count_y"].isna(), "run"].unique()
+    assert len(new_runs) and (ages[new_runs] <= NEW_RUN_DAYS).all()
+
+    before = uniform.enrolments.copy()
+    advance_night(uniform, 9, model="uniform")
+    assert len(_changed_runs(before, uniform.enrolments)) > 0.8 * len(uniform.runs)
+
+
+def test_26_advance_takes_the_change_model_and_refuses_an_unknown_one(server):
+    assert server.control.advance(seed=4, changes="realistic")["model"] == "realistic"
+    with pytest.raises(SandboxControlError, match="changes must be one of"):
+        server.control.advance(seed=4, changes="everything")

@@ -362,16 +362,22 @@ class SandboxApi:
     @_control
     async def advance(self, request: Request) -> Response:
         """Move the data on to the next night (see ``dataset.advance_night``)."""
-        from .dataset import advance_night
+        from .dataset import CHANGE_MODELS, advance_night
 
         body = await _json_body(request, empty={})
-        if not isinstance(body, dict) or set(body) - {"seed"}:
-            raise ValueError('the body must be a JSON object {"seed": <integer>} or empty')
+        if not isinstance(body, dict) or set(body) - {"seed", "changes"}:
+            raise ValueError(
+                'the body must be a JSON object {"seed": <integer>, "changes": '
+                f"<one of {list(CHANGE_MODELS)}>}} or empty"
+            )
         seed = body.get("seed", 1)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, not {seed!r:.80}")
+        model = body.get("changes", "uniform")
+        if model not in CHANGE_MODELS:
+            raise ValueError(f"changes must be one of {list(CHANGE_MODELS)}, not {model!r:.80}")
         with self._lock:
-            changes = advance_night(self.dataset, seed)
+            changes = advance_night(self.dataset, seed, model=model)
             self._index_memberships()
         return JSONResponse(changes)
 
@@ -648,9 +654,10 @@ class SandboxControl:
         body = asdict(faults) if isinstance(faults, Faults) else dict(faults or {})
         return self._call("PUT", "faults", {**body, **fields})
 
-    def advance(self, seed: int = 1, *, timeout: float = 120.0) -> dict:
-        """Move the data on one night; the changes made (a large dataset takes a while)."""
-        return self._call("POST", "advance", {"seed": seed}, timeout=timeout)
+    def advance(self, seed: int = 1, *, changes: str = "uniform", timeout: float = 120.0) -> dict:
+        """Move the data on one night, by the change model ``changes`` (``dataset.CHANGE_MODELS``);
+        the changes made (a large dataset takes a while)."""
+        return self._call("POST", "advance", {"seed": seed, "changes": changes}, timeout=timeout)
 
     def close(self) -> None:
         self._session.close()
