@@ -321,7 +321,7 @@ def test_17_the_cli_prints_a_control_token_or_takes_one(tmp_path):
     try:
         token = printed["PARTNERS_SANDBOX_CONTROL_TOKEN"]
         url = printed["FL_PARTNERS_URL"]
-        assert SandboxControl(url, token).stats() == {"requests": {}, "responses": {}}
+        assert SandboxControl(url, token).stats() == {"requests": {}, "responses": {}, "bytes": {}}
         with pytest.raises(SandboxControlError, match="401"):
             SandboxControl(url, "guessed").stats()
     finally:
