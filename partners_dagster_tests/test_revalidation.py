@@ -163,21 +163,24 @@ def test_answers_unused_long_past_their_expiry_leave_the_sqlite_cache_the_others
 ):
     """Expired answers stay, to be revalidated; only those unused for STALE_KEEP_SECONDS
     past their expiry go, with their parsed forms, before a client's first batch."""
+    keep = 3
+    monkeypatch.setattr(client_module, "STALE_KEEP_SECONDS", keep)
     run_uuids = tiny_dataset.runs["run_uuid"].tolist()
-    _tables(make_client(cache_expiry_seconds=EXPIRY), run_uuids)
-    time.sleep(EXPIRY + 0.2)
+    _tables(make_client(cache_expiry_seconds=EXPIRY), run_uuids[1:])
+    time.sleep(EXPIRY + keep + 0.2)  # run_uuids[1:] have gone unused for longer than kept
     client = make_client(cache_expiry_seconds=EXPIRY)
     _tables(client, run_uuids[:1])
-    assert client._backend.responses.count() == len(run_uuids)
-
-    time.sleep(EXPIRY + 0.2)
-    monkeypatch.setattr(client_module, "STALE_KEEP_SECONDS", 1)
-    late = make_client(cache_expiry_seconds=EXPIRY)
-    _tables(late, run_uuids[:1])
     assert client._backend.responses.count() == 1
     with sqlite3.connect(client._backend.db_path) as connection:
         (parsed,) = connection.execute("SELECT count(*) FROM parsed_reports").fetchone()
     assert parsed == 1
+
+    time.sleep(EXPIRY + 0.2)  # expired, but for less than kept: it stays, and is revalidated
+    sandbox.api.responses.clear()
+    late = make_client(cache_expiry_seconds=EXPIRY)
+    _tables(late, run_uuids[:1])
+    assert _responses(sandbox, ENROLMENTS_REPORT) == {304: 1}
+    assert _counts(late)["parses"] == 0
 
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason=REDIS_SERVER_MISSING)
