@@ -17,7 +17,9 @@ import requests
 from partners_dagster.partners_api import client as client_module
 from partners_dagster.partners_api.client import COURSE_RUNS, ENROLMENTS_REPORT
 from partners_dagster.partners_api.records import (
+    TABLE_MAGIC,
     EnrolmentTable,
+    TableFormatError,
     enrolment_table,
     parse_enrolment_report,
 )
@@ -153,8 +155,12 @@ def test_a_parsed_report_round_trips_as_numpy_columns_without_pickle(
 ):
     (table,) = _tables(make_client(), tiny_dataset.runs["run_uuid"].tolist()[:1]).values()
     data = table.to_bytes()
-    assert data[:2] == b"PK" and b"pickle" not in data  # an .npz: numpy arrays, no objects
+    assert data.startswith(TABLE_MAGIC)  # a JSON header, then raw numpy columns: no objects
+    assert b"pickle" not in data and b"\x80\x04" not in data[:64]
     assert _same(EnrolmentTable.from_bytes(data), table)
+    for damaged in (data[:-1], data + b"x", b"PK" + data[2:], data.replace(b"|S36", b"|O36")):
+        with pytest.raises(TableFormatError):
+            EnrolmentTable.from_bytes(damaged)
     assert len(data) < 0.6 * sandbox.api.bytes_sent[ENROLMENTS_REPORT]
 
 

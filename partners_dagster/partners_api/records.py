@@ -8,7 +8,7 @@ is counted and skipped (one row of an enrolment report).
 
 from __future__ import annotations
 
-import io
+import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -115,43 +115,68 @@ class EnrolmentTable:
         return len(self.membership_uuid)
 
     def to_bytes(self) -> bytes:
-        keys = [r.key for r in self.rejections]
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            run_uuid=np.array([self.run_uuid]),
-            membership_uuid=self.membership_uuid,
-            status=self.status,
-            activated_at=self.activated_at,
-            deactivated_at=self.deactivated_at,
-            steps_completed_count=self.steps_completed_count,
-            steps_completed_ratio=self.steps_completed_ratio,
-            rejection_index=np.array([r.index for r in self.rejections], dtype=np.int64),
-            rejection_key=np.array([k or "" for k in keys], dtype=str),
-            rejection_has_key=np.array([k is not None for k in keys], dtype=bool),
-            rejection_reason=np.array([r.reason for r in self.rejections], dtype=str),
+        """``TABLE_MAGIC``, the length of a JSON header (4 bytes, big-endian), the header
+        (the run, the rejections, and each column's name, numpy dtype and size), then each
+        column's raw bytes: read back with ``np.frombuffer``, no pickle, no zip to open."""
+        columns = [(name, np.ascontiguousarray(getattr(self, name))) for name in _TABLE_ARRAYS]
+        header = json.dumps(
+            {
+                "run_uuid": self.run_uuid,
+                "rejections": [[r.index, r.key, r.reason] for r in self.rejections],
+                "columns": [[name, array.dtype.str, array.nbytes] for name, array in columns],
+            }
+        ).encode()
+        return b"".join(
+            [TABLE_MAGIC, len(header).to_bytes(4, "big"), header]
+            + [array.tobytes() for _, array in columns]
         )
-        return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EnrolmentTable:
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-                columns = {name: arrays[name] for name in arrays.files}
+            if not data.startswith(TABLE_MAGIC):
+                raise ValueError("no table magic")
+            start = len(TABLE_MAGIC) + 4
+            end = start + int.from_bytes(data[len(TABLE_MAGIC) : start], "big")
+            header = json.loads(data[start:end])
+            arrays = {}
+            view = memoryview(data)
+            for name, dtype, size in header["columns"]:
+                if name not in _TABLE_DTYPES or not re.fullmatch(_TABLE_DTYPES[name], dtype):
+                    raise ValueError(f"unexpected column {name!r} {dtype!r}")
+                arrays[name] = np.frombuffer(view[end : end + size], dtype=np.dtype(dtype))
+                end += size
+            if end != len(data) or set(arrays) != set(_TABLE_ARRAYS):
+                raise ValueError("columns do not fill the table")
+            if len({len(a) for a in arrays.values()}) != 1:
+                raise ValueError("columns of different lengths")
             rejections = tuple(
-                Rejection(int(i), str(k) if has else None, str(reason))
-                for i, k, has, reason in zip(
-                    columns.pop("rejection_index").tolist(),
-                    columns.pop("rejection_key").tolist(),
-                    columns.pop("rejection_has_key").tolist(),
-                    columns.pop("rejection_reason").tolist(),
-                    strict=True,
-                )
+                Rejection(int(i), None if k is None else str(k), str(reason))
+                for i, k, reason in header["rejections"]
             )
-            (run_uuid,) = columns.pop("run_uuid").tolist()
-            return cls(run_uuid=str(run_uuid), rejections=rejections, **columns)
+            return cls(run_uuid=str(header["run_uuid"]), rejections=rejections, **arrays)
         except Exception as error:  # whatever a damaged entry does, it is not a table
             raise TableFormatError(f"not an enrolment table: {type(error).__name__}") from None
+
+
+TABLE_MAGIC = b"PDET1\n"  # partners_dagster enrolment table, format 1
+_TABLE_ARRAYS = (
+    "membership_uuid",
+    "status",
+    "activated_at",
+    "deactivated_at",
+    "steps_completed_count",
+    "steps_completed_ratio",
+)
+# The dtypes a stored column may have (never "O": object arrays would need pickle).
+_TABLE_DTYPES = {
+    "membership_uuid": r"\|S36",
+    "status": r"<U\d{1,4}",
+    "activated_at": r"<M8\[ns\]",
+    "deactivated_at": r"<M8\[ns\]",
+    "steps_completed_count": r"<i8",
+    "steps_completed_ratio": r"<f8",
+}
 
 
 def enrolment_table(report: EnrolmentReport) -> EnrolmentTable:
