@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..partners_api.errors import PartnersApiError
+from ..partners_api.records import EnrolmentTable, enrolment_tables_frame
 from ..rules import report_shrank
 
 if TYPE_CHECKING:
     from ..partners_api.client import PartnersApiClient
-    from ..partners_api.records import CourseRun, EnrolmentReport, Rejection
+    from ..partners_api.records import CourseRun, Rejection
 
 RUN_COLUMNS = ["run_uuid", "course_uuid", "title", "start_time", "weeks_count", "full_code", "code"]
 REPORT_SIZE_COLUMNS = ["run_uuid", "course_uuid", "enrolments"]
@@ -146,17 +147,18 @@ def fetch_course_enrolments(
     readable = runs[runs["malformed"].isna()]
     known = readable[readable["known"]]
     course_of_run = dict(zip(known["run_uuid"], known["course_uuid"], strict=True))
-    rows: list[tuple] = []
+    tables: list[EnrolmentTable] = []
     failed: list[tuple[str, str, str]] = []
     rejected: list[tuple] = []
     sizes: list[tuple[str, str, int]] = []
     shrunk: list[tuple[str, str, int, int]] = []
-    for run_uuid, result in client.enrolment_reports(sorted(course_of_run)):
+    # Columns, not records: an unchanged report's are kept by the client, never parsed again.
+    for run_uuid, result in client.enrolment_tables(sorted(course_of_run)):
         course_uuid = course_of_run[run_uuid]
         if isinstance(result, PartnersApiError):
             failed.append((run_uuid, course_uuid, str(result)))
             continue
-        size = len(result.enrolments) + len(result.rejections)
+        size = len(result) + len(result.rejections)
         remembered = remembered_sizes.get(run_uuid)
         if run_uuid not in accepted and report_shrank(remembered, size):
             shrunk.append((run_uuid, course_uuid, remembered, size))
@@ -170,10 +172,13 @@ def fetch_course_enrolments(
             )
         else:
             sizes.append((run_uuid, course_uuid, size))
-        _collect(result, course_uuid, rows, rejected)
-    enrolments = pd.DataFrame(rows, columns=[*ENROLMENT_COLUMNS, "course_uuid"])
-    for column in ("activated_at", "deactivated_at"):
-        enrolments[column] = pd.to_datetime(enrolments[column], utc=True)
+        tables.append(result)
+        rejected.extend(
+            (run_uuid, course_uuid, r.index, r.key, r.reason) for r in result.rejections
+        )
+    enrolments = enrolment_tables_frame(
+        tables, {"course_uuid": [course_of_run[t.run_uuid] for t in tables]}
+    )
     return CourseEnrolments(
         enrolments=enrolments,
         failed_runs=pd.DataFrame(
@@ -200,22 +205,3 @@ def spoiled_by_malformed_runs(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
         elif known:
             failed.append(("(malformed run record)", course_uuid, reason))
     return failed
-
-
-def _collect(report: EnrolmentReport, course_uuid: str, rows: list, rejected: list) -> None:
-    rows.extend(
-        (
-            e.run_uuid,
-            e.membership_uuid,
-            e.status,
-            e.activated_at,
-            e.deactivated_at,
-            e.steps_completed_count,
-            e.steps_completed_ratio,
-            course_uuid,
-        )
-        for e in report.enrolments
-    )
-    rejected.extend(
-        (report.run_uuid, course_uuid, r.index, r.key, r.reason) for r in report.rejections
-    )

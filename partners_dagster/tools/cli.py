@@ -353,6 +353,12 @@ def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None)
     is_flag=True,
     help="Delete the rows of a --database-url that already holds data (never its tables).",
 )
+@click.option(
+    "--changes",
+    default="realistic",
+    type=click.Choice(["realistic", "uniform"]),
+    help="The steady night's changes: by how recently each run started, or 5% of all enrolments.",
+)
 def bench(
     scale,
     seed,
@@ -364,6 +370,7 @@ def bench(
     force,
     with_floor,
     profile_dir,
+    changes,
 ) -> None:
     """Two nights (first, then steady) through the real jobs, with a table of measurements."""
     from pathlib import Path
@@ -383,6 +390,7 @@ def bench(
             refresh_days=refresh_days,
             profile_dir=Path(profile_dir) if profile_dir else None,
             with_floor=with_floor,
+            changes=changes,
         )
     except DatabaseInUseError as error:
         raise click.ClickException(str(error)) from None
