@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,26 +93,34 @@ class SqliteOutboxStore:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, job_class TEXT NOT NULL,"
                 " queue TEXT NOT NULL, arguments TEXT NOT NULL, run_at TEXT NOT NULL,"
-                " created_at TEXT NOT NULL, jid TEXT, dispatched_at TEXT)"
+                " created_at TEXT NOT NULL, jid TEXT, dispatched_at TEXT, delivery_error TEXT)"
             )
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, isolation_level=None, timeout=30)
 
-    def add(self, job_class: str, arguments: list, run_at: datetime, created_at: datetime) -> int:
+    def add(self, job_class: str, arguments: Any, run_at: datetime, created_at: datetime) -> int:
+        return self.add_many([(job_class, arguments, run_at, created_at)])[0]
+
+    def add_many(self, rows: list[tuple[str, Any, datetime, datetime]]) -> list[int]:
         with self._connect() as db:
-            cursor = db.execute(
-                "INSERT INTO outbox (job_class, queue, arguments, run_at, created_at)"
-                " VALUES (?, 'default', ?, ?, ?)",
-                (job_class, json.dumps(arguments), run_at.isoformat(), created_at.isoformat()),
-            )
-            return cursor.lastrowid
+            db.execute("BEGIN")
+            ids = [
+                db.execute(
+                    "INSERT INTO outbox (job_class, queue, arguments, run_at, created_at)"
+                    " VALUES (?, 'default', ?, ?, ?)",
+                    (job_class, json.dumps(arguments), run_at.isoformat(), created.isoformat()),
+                ).lastrowid
+                for job_class, arguments, run_at, created in rows
+            ]
+            db.execute("COMMIT")
+            return ids
 
     def pending_rows(self) -> list[OutboxRow]:
         with self._connect() as db:
             found = db.execute(
                 "SELECT id, job_class, queue, arguments, run_at, created_at, jid FROM outbox"
-                " WHERE dispatched_at IS NULL ORDER BY id"
+                " WHERE dispatched_at IS NULL AND delivery_error IS NULL ORDER BY id"
             ).fetchall()
         return [
             OutboxRow(
@@ -129,19 +138,44 @@ class SqliteOutboxStore:
     def waiting(self) -> tuple[int, datetime | None]:
         with self._connect() as db:
             count, oldest = db.execute(
-                "SELECT count(*), min(created_at) FROM outbox WHERE dispatched_at IS NULL"
+                "SELECT count(*), min(created_at) FROM outbox"
+                " WHERE dispatched_at IS NULL AND delivery_error IS NULL"
             ).fetchone()
         return count, None if oldest is None else datetime.fromisoformat(oldest)
 
-    def assign_jid(self, row_id: int, jid: str) -> None:
+    def set_aside_count(self) -> int:
         with self._connect() as db:
-            db.execute("UPDATE outbox SET jid = ? WHERE id = ?", (jid, row_id))
+            return db.execute(
+                "SELECT count(*) FROM outbox"
+                " WHERE dispatched_at IS NULL AND delivery_error IS NOT NULL"
+            ).fetchone()[0]
 
-    def mark_dispatched(self, row_id: int, dispatched_at: datetime) -> None:
+    def claim_jids(self, jids: Mapping[int, str]) -> dict[int, str | None]:
         with self._connect() as db:
-            db.execute(
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE outbox SET jid = ? WHERE id = ? AND jid IS NULL",
+                [(jid, row_id) for row_id, jid in jids.items()],
+            )
+            held = {
+                row_id: db.execute("SELECT jid FROM outbox WHERE id = ?", (row_id,)).fetchone()[0]
+                for row_id in jids
+            }
+            db.execute("COMMIT")
+            return held
+
+    def set_aside(self, errors: Mapping[int, str]) -> None:
+        with self._connect() as db:
+            db.executemany(
+                "UPDATE outbox SET delivery_error = ? WHERE id = ?",
+                [(error, row_id) for row_id, error in errors.items()],
+            )
+
+    def mark_dispatched(self, row_ids: Sequence[int], dispatched_at: datetime) -> None:
+        with self._connect() as db:
+            db.executemany(
                 "UPDATE outbox SET dispatched_at = ? WHERE id = ?",
-                (dispatched_at.isoformat(), row_id),
+                [(dispatched_at.isoformat(), row_id) for row_id in row_ids],
             )
 
     def rows(self) -> list[dict[str, Any]]:
@@ -331,11 +365,12 @@ class StopsRedisOnThirdRow(SqliteOutboxStore):
         self.server = server
         self.assigned = 0
 
-    def assign_jid(self, row_id: int, jid: str) -> None:
-        super().assign_jid(row_id, jid)
-        self.assigned += 1
-        if self.assigned == 3:
+    def claim_jids(self, jids: Mapping[int, str]) -> dict[int, str | None]:
+        held = super().claim_jids(jids)
+        self.assigned += len(jids)
+        if self.assigned >= 3:
             self.server.stop()
+        return held
 
 
 @needs_redis
@@ -344,7 +379,7 @@ def test_redis_stopped_during_delivery_then_the_next_run_delivers_the_rest(tmp_p
     try:
         outage = StopsRedisOnThirdRow(tmp_path / "outbox.sqlite", server)
         ids = fill_outbox(outage, now_utc())
-        resource = SidekiqResource(redis_url=server.url, timeout_seconds=2)
+        resource = SidekiqResource(redis_url=server.url, timeout_seconds=2, batch_size=1)
 
         with pytest.raises(SidekiqRedisUnavailableError) as failure:
             resource.deliver(outage, now=now_utc())
@@ -416,10 +451,10 @@ class KillsItselfAfterPush(SqliteOutboxStore):
         super().__init__(path)
         self.row_id = row_id
 
-    def mark_dispatched(self, row_id: int, dispatched_at: datetime) -> None:
-        if row_id == self.row_id:  # pushed, not yet marked
+    def mark_dispatched(self, row_ids: Sequence[int], dispatched_at: datetime) -> None:
+        if self.row_id in row_ids:  # pushed, not yet marked
             os.kill(os.getpid(), 9)
-        super().mark_dispatched(row_id, dispatched_at)
+        super().mark_dispatched(row_ids, dispatched_at)
 
 
 def _kill_after_push(db_path: str, redis_url: str, row_id: str) -> None:
@@ -429,6 +464,7 @@ def _kill_after_push(db_path: str, redis_url: str, row_id: str) -> None:
             client,
             globalid_app=APP,
             now=now_utc(),
+            batch_size=1,
         )
     raise SystemExit("the row to be killed on was never pushed")
 
