@@ -10,10 +10,10 @@ Undelivered rows go in id order, in batches (``BATCH_SIZE``); for each batch:
    keeps it. A row that another delivery running at the same time claimed between our read
    and our claim is left to that delivery (it pushes it; if it dies first, the next run
    does);
-3. one pipeline sends, per row, a Lua script, atomic in Redis, that pushes the payload
+3. one call of a Lua script pushes the batch: for each row in order, atomically, its payload
    (``SADD queues`` + ``LPUSH queue:<q>``, or ``ZADD schedule`` at ``run_at``) together with a
    marker key ``partners_dagster:delivered:<jid>`` — unless the marker is already there, in
-   which case it pushes nothing;
+   which case it pushes nothing for that row;
 4. the batch's rows are marked dispatched in one commit.
 
 A process that dies between 3 and 4 leaves rows with a jid and a marker: the next run finds
@@ -54,7 +54,7 @@ from partners_dagster.sidekiq.payload import (
 REDIS_URL_VARIABLE = "TEACHCOMPUTING_SIDEKIQ_REDIS_URL"
 MARKER_PREFIX = "partners_dagster:delivered:"
 MARKER_TTL = timedelta(days=14)
-# Rows per batch: one commit of jids, one pipeline to Redis, one commit of marks.
+# Rows per batch: one commit of jids, one script call to Redis, one commit of marks.
 BATCH_SIZE = 1_000
 # Sidekiq 6 adds each process's identity to this set and keeps a hash under the identity,
 # expiring 60 s after its last heartbeat (sidekiq/launcher.rb, sidekiq/api.rb ProcessSet).
@@ -62,20 +62,30 @@ SIDEKIQ_PROCESSES_KEY = "processes"
 # The error kept on a row set aside, at most this long.
 MAX_ERROR_LENGTH = 500
 
-# KEYS: marker, queues set, queue list, schedule set. ARGV: payload, queue name, mode, score, ttl.
-# Returns 1 when it pushed, 0 when the marker showed an earlier push.
+# One call pushes a batch, each row atomically with its marker, in order.
+# KEYS: the queues set, the schedule set, then per row its marker and its queue's list.
+# ARGV: the marker's ttl, then per row its payload, queue name, mode ('queue' or 'schedule')
+# and score (run_at, epoch seconds). Returns per row 1 when it pushed, 0 when the marker
+# showed an earlier push (and it pushed nothing).
 _PUSH_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+local pushed = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local marker = KEYS[1 + 2 * i]
+  local a = 1 + 4 * (i - 1)
+  if redis.call('EXISTS', marker) == 1 then
+    pushed[i] = 0
+  else
+    if ARGV[a + 3] == 'schedule' then
+      redis.call('ZADD', KEYS[2], ARGV[a + 4], ARGV[a + 1])
+    else
+      redis.call('SADD', KEYS[1], ARGV[a + 2])
+      redis.call('LPUSH', KEYS[2 + 2 * i], ARGV[a + 1])
+    end
+    redis.call('SET', marker, '1', 'EX', ARGV[1])
+    pushed[i] = 1
+  end
 end
-if ARGV[3] == 'schedule' then
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-else
-  redis.call('SADD', KEYS[2], ARGV[2])
-  redis.call('LPUSH', KEYS[3], ARGV[1])
-end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[5])
-return 1
+return pushed
 """
 
 
@@ -326,23 +336,19 @@ def deliver(
                 to_push.append((row, jid, payload))
         if not to_push:
             continue
-        # 3. One pipeline: each row's push with its marker, atomic per row.
-        pipeline = redis_client.pipeline(transaction=False)
+        # 3. One script call: each row's push with its marker, atomic per row.
+        keys: list[str] = ["queues", "schedule"]
+        args: list[Any] = [ttl]
         for row, jid, payload in to_push:
-            scheduled = is_scheduled(row, now)
-            push_once(
-                keys=[MARKER_PREFIX + jid, "queues", f"queue:{row.queue}", "schedule"],
-                args=[
-                    payload,
-                    row.queue,
-                    "schedule" if scheduled else "queue",
-                    repr(epoch_seconds(row.run_at)),
-                    ttl,
-                ],
-                client=pipeline,
-            )
+            keys += [MARKER_PREFIX + jid, f"queue:{row.queue}"]
+            args += [
+                payload,
+                row.queue,
+                "schedule" if is_scheduled(row, now) else "queue",
+                repr(epoch_seconds(row.run_at)),
+            ]
         try:
-            pushed = pipeline.execute()
+            pushed = push_once(keys=keys, args=args)
         except redis.exceptions.RedisError as exc:
             raise failure(exc) from exc
         # 4. The marks, one commit for the batch.

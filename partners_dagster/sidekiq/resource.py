@@ -36,8 +36,8 @@ class SidekiqResource(ConfigurableResource):
     batch_size: int = Field(
         default=1_000,
         ge=1,
-        description="Outbox rows per batch: one commit of jids, one Redis pipeline, one commit "
-        "of marks.",
+        description="Outbox rows per batch: one commit of jids, one Redis call, one commit of "
+        "marks.",
     )
 
     @property
