@@ -67,9 +67,9 @@ def test_a_redis_no_sidekiq_reads_warns_naming_the_variable_and_fails_outbox_dra
     night = Night(tiny_dataset, tmp_path, sidekiq_redis_url=sidekiq_redis.url_for_db(7))
     try:
         _, progress = night.both_steps()
+        assert check_results(progress)["outbox_drained"] is False
         metadata = materialization_metadata(progress, "follow_up_jobs")
         assert metadata["delivered"] > 0 and metadata["sidekiq_processes"] == 0
-        assert check_results(progress)["outbox_drained"] is False
         (problem,) = check_metadata(progress, "outbox_drained")["problems"]
         assert "TEACHCOMPUTING_SIDEKIQ_REDIS_URL" in problem
         warnings = [
@@ -100,12 +100,12 @@ def test_a_row_set_aside_is_reported_and_fails_outbox_drained(
                   "created_at": datetime.now(UTC)}],
             )  # fmt: skip
         progress = night.run("update_progress_job")
+        assert check_results(progress)["outbox_drained"] is False
         metadata = materialization_metadata(progress, "follow_up_jobs")
         assert metadata["delivered"] > 0
         assert (metadata["set_aside"], metadata["set_aside_total"]) == (1, 1)
         (error,) = metadata["set_aside_errors"].values()
         assert "arguments must be a JSON list, got dict" in error
-        assert check_results(progress)["outbox_drained"] is False
         assert night.repository().outbox_waiting()[0] == 0
     finally:
         night.close()
