@@ -66,9 +66,11 @@ MAX_ERROR_LENGTH = 500
 # KEYS: the queues set, the schedule set, then per row its marker and its queue's list.
 # ARGV: the marker's ttl, then per row its payload, queue name, mode ('queue' or 'schedule')
 # and score (run_at, epoch seconds). Returns per row 1 when it pushed, 0 when the marker
-# showed an earlier push (and it pushed nothing).
+# showed an earlier push (and it pushed nothing). A queue is added to the queues set before
+# the first push to it in the call, as Sidekiq's client does before each push.
 _PUSH_ONCE = """
 local pushed = {}
+local queued = {}
 for i = 1, (#KEYS - 2) / 2 do
   local marker = KEYS[1 + 2 * i]
   local a = 1 + 4 * (i - 1)
@@ -78,7 +80,10 @@ for i = 1, (#KEYS - 2) / 2 do
     if ARGV[a + 3] == 'schedule' then
       redis.call('ZADD', KEYS[2], ARGV[a + 4], ARGV[a + 1])
     else
-      redis.call('SADD', KEYS[1], ARGV[a + 2])
+      if not queued[ARGV[a + 2]] then
+        redis.call('SADD', KEYS[1], ARGV[a + 2])
+        queued[ARGV[a + 2]] = true
+      end
       redis.call('LPUSH', KEYS[2 + 2 * i], ARGV[a + 1])
     end
     redis.call('SET', marker, '1', 'EX', ARGV[1])
@@ -308,7 +313,7 @@ def deliver(
         warnings.append(no_sidekiq_warning(label))
 
     rows = store.pending_rows()
-    ttl = int(MARKER_TTL.total_seconds())
+    ttl = b"%d" % int(MARKER_TTL.total_seconds())
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         # 1. Payloads; a row that cannot be built is set aside.
@@ -337,15 +342,15 @@ def deliver(
         if not to_push:
             continue
         # 3. One script call: each row's push with its marker, atomic per row.
-        keys: list[str] = ["queues", "schedule"]
-        args: list[Any] = [ttl]
+        keys: list[bytes] = [b"queues", b"schedule"]
+        args: list[bytes] = [ttl]
         for row, jid, payload in to_push:
-            keys += [MARKER_PREFIX + jid, f"queue:{row.queue}"]
+            keys += [(MARKER_PREFIX + jid).encode(), f"queue:{row.queue}".encode()]
             args += [
                 payload,
-                row.queue,
-                "schedule" if is_scheduled(row, now) else "queue",
-                repr(epoch_seconds(row.run_at)),
+                row.queue.encode(),
+                b"schedule" if is_scheduled(row, now) else b"queue",
+                repr(epoch_seconds(row.run_at)).encode(),
             ]
         try:
             pushed = push_once(keys=keys, args=args)
