@@ -435,17 +435,33 @@ class TeachComputingRepository:
         transaction; a row that has one keeps it (a retry must push the same jid, so the
         marker can be checked). Returns the jid each row holds afterwards: another one where a
         delivery running at the same time claimed the row first."""
+        from sqlalchemy import column as sql_column
+        from sqlalchemy import values
+
         o = OutboxJob.__table__
         ids = list(jids)
         held: dict[int, str | None] = {}
         with self.engine.begin() as connection:
             for chunk in batches(ids):
-                connection.execute(
-                    update(o)
-                    .where(o.c.id == bindparam("row_id"), o.c.jid.is_(None))
-                    .values(jid=bindparam("new_jid")),
-                    [{"row_id": row_id, "new_jid": jids[row_id]} for row_id in chunk],
-                )
+                if connection.dialect.name == "postgresql":
+                    # One statement (executemany would be one round trip per row).
+                    given = values(
+                        sql_column("row_id", o.c.id.type),
+                        sql_column("new_jid", o.c.jid.type),
+                        name="v",
+                    ).data([(row_id, jids[row_id]) for row_id in chunk])
+                    connection.execute(
+                        update(o)
+                        .where(o.c.id == given.c.row_id, o.c.jid.is_(None))
+                        .values(jid=given.c.new_jid)
+                    )
+                else:
+                    connection.execute(
+                        update(o)
+                        .where(o.c.id == bindparam("row_id"), o.c.jid.is_(None))
+                        .values(jid=bindparam("new_jid")),
+                        [{"row_id": row_id, "new_jid": jids[row_id]} for row_id in chunk],
+                    )
                 held.update(
                     connection.execute(select(o.c.id, o.c.jid).where(o.c.id.in_(chunk))).all()
                 )
