@@ -435,25 +435,20 @@ class TeachComputingRepository:
         transaction; a row that has one keeps it (a retry must push the same jid, so the
         marker can be checked). Returns the jid each row holds afterwards: another one where a
         delivery running at the same time claimed the row first."""
-        from sqlalchemy import column as sql_column
-        from sqlalchemy import values
-
         o = OutboxJob.__table__
         ids = list(jids)
         held: dict[int, str | None] = {}
         with self.engine.begin() as connection:
             for chunk in batches(ids):
                 if connection.dialect.name == "postgresql":
-                    # One statement (executemany would be one round trip per row).
-                    given = values(
-                        sql_column("row_id", o.c.id.type),
-                        sql_column("new_jid", o.c.jid.type),
-                        name="v",
-                    ).data([(row_id, jids[row_id]) for row_id in chunk])
+                    # Two arrays, one statement: executemany would be a round trip per row.
                     connection.execute(
-                        update(o)
-                        .where(o.c.id == given.c.row_id, o.c.jid.is_(None))
-                        .values(jid=given.c.new_jid)
+                        text(
+                            f"UPDATE {o.name} AS o SET jid = v.jid"
+                            " FROM unnest(CAST(:ids AS bigint[]), CAST(:jids AS varchar[]))"
+                            " AS v(id, jid) WHERE o.id = v.id AND o.jid IS NULL"
+                        ),
+                        {"ids": list(chunk), "jids": [jids[row_id] for row_id in chunk]},
                     )
                 else:
                     connection.execute(
@@ -462,6 +457,8 @@ class TeachComputingRepository:
                         .values(jid=bindparam("new_jid")),
                         [{"row_id": row_id, "new_jid": jids[row_id]} for row_id in chunk],
                     )
+                # A statement of its own: it sees what a delivery running at the same time
+                # committed while this UPDATE waited for its row locks.
                 held.update(
                     connection.execute(select(o.c.id, o.c.jid).where(o.c.id.in_(chunk))).all()
                 )
