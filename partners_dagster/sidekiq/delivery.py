@@ -317,16 +317,25 @@ def deliver(
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         # 1. Payloads; a row that cannot be built is set aside.
-        ready: list[tuple[OutboxRow, str, bytes]] = []
+        ready: list[tuple[OutboxRow, str, list[bytes]]] = []
         bad: dict[int, str] = {}
         for row in batch:
             jid = row.jid or new_jid()
             try:
-                ready.append(
-                    (row, jid, encoded_payload(row, jid=jid, globalid_app=globalid_app, now=now))
-                )
+                payload = encoded_payload(row, jid=jid, globalid_app=globalid_app, now=now)
+                # The row's keys and arguments for the push script (see _PUSH_ONCE).
+                pushes = [
+                    (MARKER_PREFIX + jid).encode(),
+                    f"queue:{row.queue}".encode(),
+                    payload,
+                    row.queue.encode(),
+                    b"schedule" if is_scheduled(row, now) else b"queue",
+                    repr(epoch_seconds(row.run_at)).encode(),
+                ]
             except (ValueError, TypeError, OverflowError, AttributeError) as exc:
                 bad[row.id] = describe_row_error(exc)
+            else:
+                ready.append((row, jid, pushes))
         if bad:
             store.set_aside(bad)
             set_aside.update(bad)
@@ -334,24 +343,19 @@ def deliver(
         new = {row.id: jid for row, jid, _ in ready if row.jid is None}
         held = store.claim_jids(new) if new else {}
         to_push = []
-        for row, jid, payload in ready:
+        for row, jid, pushes in ready:
             if row.jid is None and held.get(row.id) != jid:
                 left_to_another_run += 1  # claimed first by a delivery running now
             else:
-                to_push.append((row, jid, payload))
+                to_push.append((row, jid, pushes))
         if not to_push:
             continue
         # 3. One script call: each row's push with its marker, atomic per row.
         keys: list[bytes] = [b"queues", b"schedule"]
         args: list[bytes] = [ttl]
-        for row, jid, payload in to_push:
-            keys += [(MARKER_PREFIX + jid).encode(), f"queue:{row.queue}".encode()]
-            args += [
-                payload,
-                row.queue.encode(),
-                b"schedule" if is_scheduled(row, now) else b"queue",
-                repr(epoch_seconds(row.run_at)).encode(),
-            ]
+        for _, _, pushes in to_push:
+            keys += pushes[:2]
+            args += pushes[2:]
         try:
             pushed = push_once(keys=keys, args=args)
         except redis.exceptions.RedisError as exc:
