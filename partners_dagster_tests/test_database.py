@@ -82,7 +82,7 @@ def test_upgrade_and_downgrade_touch_only_our_own_tables(empty_database_url):
         upgrade(engine)  # twice is a no-op
         tables = set(inspect(engine).get_table_names())
         assert tables == WEBSITE_TABLES | OWN_TABLES | {VERSION_TABLE}
-        assert current_revision(engine) == head_revision() == "0003"
+        assert current_revision(engine) == head_revision() == "0004"
         downgrade(engine, "base")
         assert current_revision(engine) is None
         assert set(inspect(engine).get_table_names()) == WEBSITE_TABLES | {VERSION_TABLE}
@@ -115,7 +115,7 @@ def test_db_check_passes_on_the_tables_we_create_and_reports_our_migrations(data
     result = CliRunner().invoke(main, ["db", "--database-url", database_url, "check"])
     assert result.exit_code == 0, result.output
     assert "ok      users.future_learn_organisation_memberships" in result.output
-    assert "revision 0003, head 0003: current" in result.output
+    assert "revision 0004, head 0004: current" in result.output
 
 
 def test_db_check_names_a_missing_column_and_a_wrong_type_and_exits_non_zero(empty_database_url):
@@ -353,7 +353,7 @@ def test_db_upgrade_and_downgrade_work_on_a_url_with_a_percent_sign(tmp_path):
     runner = CliRunner()
     up = runner.invoke(main, ["db", "--database-url", url, "upgrade"])
     assert up.exit_code == 0, up.output
-    assert "at revision 0003" in up.output
+    assert "at revision 0004" in up.output
     down = runner.invoke(main, ["db", "--database-url", url, "downgrade", "base"])
     assert down.exit_code == 0, down.output
 

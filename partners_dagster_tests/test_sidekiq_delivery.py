@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,26 +93,34 @@ class SqliteOutboxStore:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, job_class TEXT NOT NULL,"
                 " queue TEXT NOT NULL, arguments TEXT NOT NULL, run_at TEXT NOT NULL,"
-                " created_at TEXT NOT NULL, jid TEXT, dispatched_at TEXT)"
+                " created_at TEXT NOT NULL, jid TEXT, dispatched_at TEXT, delivery_error TEXT)"
             )
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, isolation_level=None, timeout=30)
 
-    def add(self, job_class: str, arguments: list, run_at: datetime, created_at: datetime) -> int:
+    def add(self, job_class: str, arguments: Any, run_at: datetime, created_at: datetime) -> int:
+        return self.add_many([(job_class, arguments, run_at, created_at)])[0]
+
+    def add_many(self, rows: list[tuple[str, Any, datetime, datetime]]) -> list[int]:
         with self._connect() as db:
-            cursor = db.execute(
-                "INSERT INTO outbox (job_class, queue, arguments, run_at, created_at)"
-                " VALUES (?, 'default', ?, ?, ?)",
-                (job_class, json.dumps(arguments), run_at.isoformat(), created_at.isoformat()),
-            )
-            return cursor.lastrowid
+            db.execute("BEGIN")
+            ids = [
+                db.execute(
+                    "INSERT INTO outbox (job_class, queue, arguments, run_at, created_at)"
+                    " VALUES (?, 'default', ?, ?, ?)",
+                    (job_class, json.dumps(arguments), run_at.isoformat(), created.isoformat()),
+                ).lastrowid
+                for job_class, arguments, run_at, created in rows
+            ]
+            db.execute("COMMIT")
+            return ids
 
     def pending_rows(self) -> list[OutboxRow]:
         with self._connect() as db:
             found = db.execute(
                 "SELECT id, job_class, queue, arguments, run_at, created_at, jid FROM outbox"
-                " WHERE dispatched_at IS NULL ORDER BY id"
+                " WHERE dispatched_at IS NULL AND delivery_error IS NULL ORDER BY id"
             ).fetchall()
         return [
             OutboxRow(
@@ -129,19 +138,44 @@ class SqliteOutboxStore:
     def waiting(self) -> tuple[int, datetime | None]:
         with self._connect() as db:
             count, oldest = db.execute(
-                "SELECT count(*), min(created_at) FROM outbox WHERE dispatched_at IS NULL"
+                "SELECT count(*), min(created_at) FROM outbox"
+                " WHERE dispatched_at IS NULL AND delivery_error IS NULL"
             ).fetchone()
         return count, None if oldest is None else datetime.fromisoformat(oldest)
 
-    def assign_jid(self, row_id: int, jid: str) -> None:
+    def set_aside_count(self) -> int:
         with self._connect() as db:
-            db.execute("UPDATE outbox SET jid = ? WHERE id = ?", (jid, row_id))
+            return db.execute(
+                "SELECT count(*) FROM outbox"
+                " WHERE dispatched_at IS NULL AND delivery_error IS NOT NULL"
+            ).fetchone()[0]
 
-    def mark_dispatched(self, row_id: int, dispatched_at: datetime) -> None:
+    def claim_jids(self, jids: Mapping[int, str]) -> dict[int, str | None]:
         with self._connect() as db:
-            db.execute(
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE outbox SET jid = ? WHERE id = ? AND jid IS NULL",
+                [(jid, row_id) for row_id, jid in jids.items()],
+            )
+            held = {
+                row_id: db.execute("SELECT jid FROM outbox WHERE id = ?", (row_id,)).fetchone()[0]
+                for row_id in jids
+            }
+            db.execute("COMMIT")
+            return held
+
+    def set_aside(self, errors: Mapping[int, str]) -> None:
+        with self._connect() as db:
+            db.executemany(
+                "UPDATE outbox SET delivery_error = ? WHERE id = ?",
+                [(error, row_id) for row_id, error in errors.items()],
+            )
+
+    def mark_dispatched(self, row_ids: Sequence[int], dispatched_at: datetime) -> None:
+        with self._connect() as db:
+            db.executemany(
                 "UPDATE outbox SET dispatched_at = ? WHERE id = ?",
-                (dispatched_at.isoformat(), row_id),
+                [(dispatched_at.isoformat(), row_id) for row_id in row_ids],
             )
 
     def rows(self) -> list[dict[str, Any]]:
@@ -331,11 +365,12 @@ class StopsRedisOnThirdRow(SqliteOutboxStore):
         self.server = server
         self.assigned = 0
 
-    def assign_jid(self, row_id: int, jid: str) -> None:
-        super().assign_jid(row_id, jid)
-        self.assigned += 1
-        if self.assigned == 3:
+    def claim_jids(self, jids: Mapping[int, str]) -> dict[int, str | None]:
+        held = super().claim_jids(jids)
+        self.assigned += len(jids)
+        if self.assigned >= 3:
             self.server.stop()
+        return held
 
 
 @needs_redis
@@ -344,7 +379,7 @@ def test_redis_stopped_during_delivery_then_the_next_run_delivers_the_rest(tmp_p
     try:
         outage = StopsRedisOnThirdRow(tmp_path / "outbox.sqlite", server)
         ids = fill_outbox(outage, now_utc())
-        resource = SidekiqResource(redis_url=server.url, timeout_seconds=2)
+        resource = SidekiqResource(redis_url=server.url, timeout_seconds=2, batch_size=1)
 
         with pytest.raises(SidekiqRedisUnavailableError) as failure:
             resource.deliver(outage, now=now_utc())
@@ -412,25 +447,257 @@ def test_a_process_killed_between_push_and_marking_pushes_nothing_twice(
 
 
 class KillsItselfAfterPush(SqliteOutboxStore):
-    def __init__(self, path: Path, row_id: int):
+    """Dies (SIGKILL) when asked to mark the row ``row_id`` dispatched: after its push, before
+    its mark; or, with ``after_claim``, as soon as its jid is recorded, before any push."""
+
+    def __init__(self, path: Path, row_id: int, after_claim: bool = False):
         super().__init__(path)
         self.row_id = row_id
+        self.after_claim = after_claim
 
-    def mark_dispatched(self, row_id: int, dispatched_at: datetime) -> None:
-        if row_id == self.row_id:  # pushed, not yet marked
+    def claim_jids(self, jids: Mapping[int, str]) -> dict[int, str | None]:
+        held = super().claim_jids(jids)
+        if self.after_claim and self.row_id in jids:  # recorded, not yet pushed
             os.kill(os.getpid(), 9)
-        super().mark_dispatched(row_id, dispatched_at)
+        return held
+
+    def mark_dispatched(self, row_ids: Sequence[int], dispatched_at: datetime) -> None:
+        if self.row_id in row_ids:  # pushed, not yet marked
+            os.kill(os.getpid(), 9)
+        super().mark_dispatched(row_ids, dispatched_at)
 
 
-def _kill_after_push(db_path: str, redis_url: str, row_id: str) -> None:
+def _kill_after_push(
+    db_path: str, redis_url: str, row_id: str, batch_size: str = "1", point: str = "push"
+) -> None:
     with redis_client_from_url(redis_url) as client:
         deliver(
-            KillsItselfAfterPush(Path(db_path), int(row_id)),
+            KillsItselfAfterPush(Path(db_path), int(row_id), after_claim=point == "claim"),
             client,
             globalid_app=APP,
             now=now_utc(),
+            batch_size=int(batch_size),
         )
     raise SystemExit("the row to be killed on was never pushed")
+
+
+def many_rows(store: SqliteOutboxStore, count: int, now: datetime) -> list[int]:
+    """``count`` rows, queued and scheduled, in one commit."""
+    created = now - timedelta(hours=1)
+    return store.add_many(
+        [
+            (
+                ISSUE_BADGE_JOB if i % 2 else CHECK_NEXT_STEPS_JOB,
+                [f"{i:08d}-0000-4000-8000-000000000000"],
+                now + (timedelta(days=2) if i % 3 == 0 else timedelta(0)),
+                created,
+            )
+            for i in range(count)
+        ]
+    )
+
+
+@needs_redis
+@pytest.mark.parametrize("point", ["push", "claim"])
+def test_a_process_killed_inside_a_batch_loses_and_doubles_nothing(
+    store, redis_server, client, point
+):
+    # 2,500 rows in batches of 500; killed in the third batch, after its push and before its
+    # marks ("push"), or after its jids are recorded and before its push ("claim").
+    ids = many_rows(store, 2_500, now_utc())
+    killed_row = ids[1_234]
+
+    child = subprocess.run(
+        [sys.executable, "-m", __name__, "kill-after-push", str(store.path), redis_server.url,
+         str(killed_row), "500", point],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+
+    assert child.returncode == -9, child.stderr[-2000:]
+    rows = store.rows()
+    assert [bool(row["dispatched_at"]) for row in rows] == [True] * 1_000 + [False] * 1_500
+    assert all(row["jid"] for row in rows[:1_500])  # recorded before any push of the batch
+    assert not any(row["jid"] for row in rows[1_500:])
+    in_redis = jid_counts(client)
+    third_batch = [row["jid"] for row in rows[1_000:1_500]]
+    assert [in_redis[jid] for jid in third_batch] == [1 if point == "push" else 0] * 500
+    assert sum(in_redis.values()) == (1_500 if point == "push" else 1_000)
+
+    result = deliver(store, client, globalid_app=APP, now=now_utc(), batch_size=500)
+
+    assert result.recovered == (500 if point == "push" else 0)
+    assert result.delivered_total == (1_000 if point == "push" else 1_500)
+    assert (result.waiting, result.set_aside_total) == (0, 0)
+    rows = store.rows()
+    assert [row["jid"] for row in rows[1_000:1_500]] == third_batch  # the same jids pushed
+    assert all(row["dispatched_at"] for row in rows)
+    assert jid_counts(client) == Counter({row["jid"]: 1 for row in rows})
+
+
+# -- a row that cannot be delivered --------------------------------------------------------------
+
+
+@needs_redis
+def test_a_row_that_cannot_be_serialized_is_set_aside_and_every_other_row_is_delivered(
+    store, client
+):
+    now = now_utc()
+    ids = fill_outbox(store, now)
+    created = now - timedelta(hours=1)
+    # A lone surrogate (stored as JSON's "\ud800" escape) cannot be written as UTF-8.
+    surrogate = store.add(ISSUE_BADGE_JOB, ["bad \ud800 id"], now, created)
+    keyed = store.add(ISSUE_BADGE_JOB, {"achievement_id": ACHIEVEMENT_1}, now, created)
+    last = store.add(ISSUE_BADGE_JOB, [ACHIEVEMENT_2], now, created)
+
+    result = deliver(store, client, globalid_app=APP, now=now)
+
+    assert set(result.set_aside) == {surrogate, keyed}
+    assert "UnicodeEncodeError" in result.set_aside[surrogate]
+    assert "arguments must be a JSON list, got dict" in result.set_aside[keyed]
+    assert (result.delivered_total, result.waiting, result.set_aside_total) == (8, 0, 2)
+    rows = {row["id"]: row for row in store.rows()}
+    assert rows[surrogate]["delivery_error"] == result.set_aside[surrogate]
+    assert rows[keyed]["dispatched_at"] is None and rows[keyed]["jid"] is None
+    assert all(rows[i]["dispatched_at"] for i in [*ids, last])
+    assert jid_counts(client) == Counter({rows[i]["jid"]: 1 for i in [*ids, last]})
+
+    again = deliver(store, client, globalid_app=APP, now=now_utc())  # not tried again
+    assert (again.set_aside, again.set_aside_total, again.delivered_total) == ({}, 2, 0)
+
+
+@needs_redis
+def test_an_object_arguments_row_in_the_database_is_set_aside_not_pushed_as_its_keys(
+    engine, client
+):
+    from sqlalchemy import insert
+
+    from partners_dagster.steps.follow_up_delivery import RepositoryOutboxStore, outbox_counts
+    from partners_dagster.teachcomputing.models import OutboxJob
+    from partners_dagster.teachcomputing.repository import TeachComputingRepository
+
+    now = now_utc()
+    rows = [
+        {"achievement_id": ACHIEVEMENT_1},  # an object: once pushed as ["achievement_id"]
+        [ACHIEVEMENT_1],
+        ["bad \ud800 id"],  # a lone surrogate
+        [ACHIEVEMENT_2],
+    ]
+    with engine.begin() as connection:
+        connection.execute(
+            insert(OutboxJob),
+            [
+                {"job_class": ISSUE_BADGE_JOB, "queue": "default", "arguments": arguments,
+                 "run_at": now, "dedup_key": f"row-{i}", "created_at": now}
+                for i, arguments in enumerate(rows)
+            ],
+        )  # fmt: skip
+    repository = TeachComputingRepository(engine)
+
+    result = deliver(RepositoryOutboxStore(repository), client, globalid_app=APP, now=now)
+
+    outbox = repository.outbox().set_index("dedup_key")
+    assert set(result.set_aside) == {int(outbox.at["row-0", "id"]), int(outbox.at["row-2", "id"])}
+    assert "must be a JSON list, got dict" in outbox.at["row-0", "delivery_error"]
+    assert "UnicodeEncodeError" in outbox.at["row-2", "delivery_error"]
+    assert (result.delivered_total, result.waiting, result.set_aside_total) == (2, 0, 2)
+    pushed = [job["args"][0]["arguments"] for job in jobs_in_redis(client)]
+    assert sorted(pushed) == sorted([[ACHIEVEMENT_1], [ACHIEVEMENT_2]])
+    assert repository.outbox_waiting()[0] == 0 and repository.outbox_set_aside() == 2
+    assert outbox_counts(repository.outbox())["waiting"].sum() == 2  # still listed as undelivered
+
+
+# -- is anyone reading? --------------------------------------------------------------------------
+
+
+def register_sidekiq_process(client: redis.Redis, identity: str = "web-1:4242:0f1e2d3c") -> None:
+    """What a running Sidekiq 6 writes about itself every few seconds (launcher.rb ❤)."""
+    client.sadd("processes", identity)
+    client.hset(identity, mapping={"info": json.dumps({"hostname": "web-1"}), "busy": 0,
+                                   "beat": datetime.now(UTC).timestamp(), "quiet": "false"})  # fmt: skip
+    client.expire(identity, 60)
+
+
+@needs_redis
+def test_a_redis_where_no_sidekiq_process_has_registered_warns_naming_the_variable(
+    store, redis_server, client
+):
+    fill_outbox(store, now_utc())
+    client.sadd("processes", "gone:1:abc")  # a process that died: its heartbeat expired
+
+    result = SidekiqResource(redis_url=redis_server.url_for_db(7)).deliver(store, now=now_utc())
+
+    assert result.sidekiq_processes == 0
+    (warning,) = result.warnings
+    assert REDIS_URL_VARIABLE in warning and "/7" in warning
+    assert "No Sidekiq process has registered" in warning
+    assert result.delivered_total == 7  # pushed all the same: a queue outlives its workers
+
+    register_sidekiq_process(client)
+    fill_outbox(SqliteOutboxStore(store.path.with_name("second.sqlite")), now_utc())
+    read = SidekiqResource(redis_url=redis_server.url).deliver(
+        SqliteOutboxStore(store.path.with_name("second.sqlite")), now=now_utc()
+    )
+    assert (read.sidekiq_processes, read.warnings) == (1, [])
+
+
+# -- two deliveries at once ----------------------------------------------------------------------
+
+
+@needs_redis
+def test_two_deliveries_at_once_both_succeed_and_push_each_row_once(engine, redis_server, client):
+    import threading
+
+    from sqlalchemy import insert
+
+    from partners_dagster.steps.follow_up_delivery import RepositoryOutboxStore
+    from partners_dagster.teachcomputing.models import OutboxJob
+    from partners_dagster.teachcomputing.repository import TeachComputingRepository
+
+    now = now_utc()
+    with engine.begin() as connection:
+        connection.execute(
+            insert(OutboxJob),
+            [
+                {"job_class": ISSUE_BADGE_JOB, "queue": "default",
+                 "arguments": [f"{i:08d}-0000-4000-8000-000000000000"], "run_at": now,
+                 "dedup_key": f"row-{i}", "created_at": now - timedelta(minutes=5)}
+                for i in range(2_500)
+            ],
+        )  # fmt: skip
+    both_read = threading.Barrier(2, timeout=60)
+
+    class ReadsWithTheOther(RepositoryOutboxStore):
+        def pending_rows(self):
+            rows = super().pending_rows()
+            both_read.wait()  # both runs hold the same 2,500 undelivered rows
+            return rows
+
+    outcomes: dict[int, Any] = {}
+
+    def run(index: int) -> None:
+        store = ReadsWithTheOther(TeachComputingRepository(engine))
+        try:
+            with redis_client_from_url(redis_server.url) as own_client:
+                outcomes[index] = deliver(store, own_client, globalid_app=APP, now=now)
+        except Exception as exc:  # what the test reports
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    failures = [o for o in outcomes.values() if isinstance(o, Exception)]
+    assert not failures, failures
+    assert sum(o.delivered_total for o in outcomes.values()) == 2_500
+    assert sum(o.left_to_another_run for o in outcomes.values()) == 2_500
+    outbox = TeachComputingRepository(engine).outbox()
+    assert outbox["dispatched_at"].notna().all()
+    assert jid_counts(client) == Counter({jid: 1 for jid in outbox["jid"]})
 
 
 # -- the real consumer -------------------------------------------------------------------------
@@ -587,4 +854,4 @@ def test_our_payloads_have_the_structure_of_rubys_own_perform_later(
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["kill-after-push"]:
-    _kill_after_push(*sys.argv[2:5])
+    _kill_after_push(*sys.argv[2:7])

@@ -222,6 +222,13 @@ def test_job_id_is_a_uuid_fixed_by_the_jid():
     assert job_id_for(JID) != job_id_for(new_jid())
 
 
+def test_job_id_is_uuid5_of_the_jid_in_our_namespace():
+    # Computed without UUID objects for speed; the value must stay uuid5's.
+    namespace = uuid.UUID("5f0c2d7e-4a4b-4f3e-9a65-7d1b2c9e8a10")
+    for jid in [JID, "", "é", *(new_jid() for _ in range(2_000))]:
+        assert job_id_for(jid) == str(uuid.uuid5(namespace, jid)), jid
+
+
 def test_jids_are_24_hex_characters_and_differ():
     jids = {new_jid() for _ in range(50)}
     assert len(jids) == 50

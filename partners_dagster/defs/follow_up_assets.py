@@ -5,10 +5,13 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from ..sidekiq.resource import SidekiqResource
-from ..steps.follow_up_delivery import MAX_WAIT, RepositoryOutboxStore
+from ..steps.follow_up_delivery import RepositoryOutboxStore, outbox_problems
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import GROUP
 from .run_options import RunOptions
+
+# Set-aside rows named one by one in the log and metadata; the rest are counted.
+SHOWN_ERRORS = 20
 
 
 @dg.asset(
@@ -19,7 +22,9 @@ from .run_options import RunOptions
         dg.AssetCheckSpec(
             "outbox_drained",
             asset="follow_up_jobs",
-            description="No follow-up job has waited in the outbox for more than a day.",
+            description="No follow-up job has waited in the outbox for more than a day, "
+            "none is set aside as undeliverable, and a Sidekiq process has registered in the "
+            "Redis they are delivered to.",
         )
     ],
 )
@@ -49,6 +54,18 @@ def follow_up_jobs(
             f"{result.waiting} follow-up job(s) wait in the outbox: "
             "TEACHCOMPUTING_SIDEKIQ_REDIS_URL is not set"
         )
+    for warning in result.warnings:
+        context.log.warning(warning)
+    for row_id, error in list(result.set_aside.items())[:SHOWN_ERRORS]:
+        context.log.warning(f"outbox row {row_id} set aside, not delivered: {error}")
+    if len(result.set_aside) > SHOWN_ERRORS:
+        context.log.warning(f"... and {len(result.set_aside) - SHOWN_ERRORS} more set aside")
+    if result.left_to_another_run:
+        context.log.info(
+            f"{result.left_to_another_run} outbox row(s) were claimed by another delivery "
+            "running at the same time; left to it"
+        )
+    problems = outbox_problems(result, sidekiq_configured=sidekiq.configured)
     oldest = result.oldest_waiting_age
     return dg.MaterializeResult(
         metadata={
@@ -59,13 +76,26 @@ def follow_up_jobs(
             "oldest_waiting_hours": round(oldest.total_seconds() / 3600, 2) if oldest else 0.0,
             "sidekiq_configured": sidekiq.configured,
             "dry_run": run_options.dry_run,
+            "sidekiq_processes": -1
+            if result.sidekiq_processes is None
+            else result.sidekiq_processes,
+            "set_aside": len(result.set_aside),
+            "set_aside_total": result.set_aside_total,
+            "set_aside_errors": dg.MetadataValue.json(
+                {str(k): v for k, v in list(result.set_aside.items())[:SHOWN_ERRORS]}
+            ),
+            "left_to_another_run": result.left_to_another_run,
         },
         check_results=[
             dg.AssetCheckResult(
                 check_name="outbox_drained",
-                passed=oldest is None or oldest <= MAX_WAIT,
+                passed=not problems,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"waiting": result.waiting},
+                metadata={
+                    "waiting": result.waiting,
+                    "set_aside": result.set_aside_total,
+                    "problems": dg.MetadataValue.json(problems),
+                },
             )
         ],
     )

@@ -21,12 +21,14 @@ and is filled in from ``TEACHCOMPUTING_GLOBALID_APP`` when the payload is built.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 JOB_WRAPPER_CLASS = "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
@@ -61,6 +63,9 @@ AUTO_ENROL_JOB = "CSAccelerator::AutoEnrolJob"
 
 # A fixed namespace, so that a jid always gives the same ActiveJob job_id.
 _JOB_ID_NAMESPACE = uuid.UUID("5f0c2d7e-4a4b-4f3e-9a65-7d1b2c9e8a10")
+_JOB_ID_NAMESPACE_BYTES = _JOB_ID_NAMESPACE.bytes
+# Compact JSON, UTF-8 kept as is (Ruby's JSON.generate); made once, not per payload.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -192,8 +197,14 @@ def new_jid() -> str:
 
 
 def job_id_for(jid: str) -> str:
-    """The ActiveJob ``job_id`` (a UUID) of the job pushed as ``jid``; the same every time."""
-    return str(uuid.uuid5(_JOB_ID_NAMESPACE, jid))
+    """The ActiveJob ``job_id`` (a UUID) of the job pushed as ``jid``; the same every time:
+    ``str(uuid.uuid5(namespace, jid))``, computed without building ``UUID`` objects (delivery
+    makes one per row)."""
+    digest = bytearray(hashlib.sha1(_JOB_ID_NAMESPACE_BYTES + jid.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_scheduled(row: OutboxRow, now: datetime) -> bool:
@@ -219,7 +230,7 @@ def serialize_job(row: OutboxRow, *, jid: str, globalid_app: str, now: datetime)
         "exception_executions": {},
         "locale": LOCALE,
         "timezone": TIMEZONE,
-        "enqueued_at": _utc(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "enqueued_at": _iso_seconds(now),
     }
 
 
@@ -244,7 +255,7 @@ def build_payload(row: OutboxRow, *, jid: str, globalid_app: str, now: datetime)
 
 def encode_payload(payload: Mapping[str, Any]) -> str:
     """The payload as Sidekiq stores it: compact JSON, UTF-8 kept as is (Ruby's JSON.generate)."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(payload)
 
 
 def epoch_seconds(moment: datetime) -> float:
@@ -255,6 +266,12 @@ def epoch_seconds(moment: datetime) -> float:
 def to_utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive value is taken to be UTC already."""
     return _utc(moment)
+
+
+@lru_cache(maxsize=8)
+def _iso_seconds(moment: datetime) -> str:
+    # ActiveJob 6.1's ``Time.now.utc.iso8601``; one ``now`` serves a whole delivery.
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _utc(moment: datetime) -> datetime:

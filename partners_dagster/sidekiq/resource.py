@@ -33,6 +33,12 @@ class SidekiqResource(ConfigurableResource):
         description="GlobalID app of the website's models (TEACHCOMPUTING_GLOBALID_APP).",
     )
     timeout_seconds: float = Field(default=10.0, description="Redis connect and read timeout.")
+    batch_size: int = Field(
+        default=1_000,
+        ge=1,
+        description="Outbox rows per batch: one commit of jids, one Redis call, one commit of "
+        "marks.",
+    )
 
     @property
     def configured(self) -> bool:
@@ -64,6 +70,7 @@ class SidekiqResource(ConfigurableResource):
                 globalid_app=self.globalid_app,
                 now=now,
                 redis_label=self.masked_url,
+                batch_size=self.batch_size,
             )
         finally:
             if client is not None:

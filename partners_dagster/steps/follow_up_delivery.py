@@ -3,7 +3,7 @@ The outbox table as delivery's store, and the counts operators read. No Dagster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -11,7 +11,8 @@ import pandas as pd
 
 from ..sidekiq.payload import OutboxRow
 
-if TYPE_CHECKING:  # SQLAlchemy loads when a run uses the repository
+if TYPE_CHECKING:  # SQLAlchemy and redis-py load when a run uses the repository or Redis
+    from ..sidekiq.delivery import DeliveryResult
     from ..teachcomputing.repository import TeachComputingRepository
 
 # A row that has waited longer than this is a failing delivery an operator must hear about.
@@ -27,32 +28,61 @@ class RepositoryOutboxStore:
         self.only_run_id = only_run_id
 
     def pending_rows(self) -> Sequence[OutboxRow]:
-        pending = self.repository.outbox(pending_only=True)
-        if self.only_run_id is not None:
-            pending = pending[pending["dagster_run_id"] == self.only_run_id]
+        # ``arguments`` as stored: delivery sets aside a row whose arguments are not a list.
         return [
             OutboxRow(
-                id=int(row.id),
-                job_class=row.job_class,
-                arguments=list(row.arguments),
-                run_at=row.run_at,
-                created_at=row.created_at,
-                queue=row.queue,
-                jid=row.jid if isinstance(row.jid, str) else None,
+                id=int(row_id),
+                job_class=job_class,
+                arguments=arguments,
+                run_at=run_at,
+                created_at=created_at,
+                queue=queue,
+                jid=jid,
             )
-            for row in pending.itertuples(index=False)
+            for row_id, job_class, queue, arguments, run_at, created_at, jid in (
+                self.repository.outbox_to_deliver(only_run_id=self.only_run_id)
+            )
         ]
 
     def waiting(self) -> tuple[int, datetime | None]:
         return self.repository.outbox_waiting()
 
-    def assign_jid(self, row_id: int, jid: str) -> None:
-        stored = self.repository.assign_jid(row_id, jid)
-        if stored != jid:  # another delivery run got there first: never push twice
-            raise RuntimeError(f"outbox row {row_id} already has jid {stored}")
+    def set_aside_count(self) -> int:
+        return self.repository.outbox_set_aside()
 
-    def mark_dispatched(self, row_id: int, dispatched_at: datetime) -> None:
-        self.repository.mark_dispatched([row_id], dispatched_at)
+    def claim_jids(self, jids: Mapping[int, str]) -> Mapping[int, str | None]:
+        return self.repository.claim_jids(dict(jids))
+
+    def set_aside(self, errors: Mapping[int, str]) -> None:
+        self.repository.set_aside(dict(errors))
+
+    def mark_dispatched(self, row_ids: Sequence[int], dispatched_at: datetime) -> None:
+        self.repository.mark_dispatched(row_ids, dispatched_at)
+
+
+def outbox_problems(result: DeliveryResult, *, sidekiq_configured: bool) -> list[str]:
+    """Why the ``outbox_drained`` check fails (empty when it passes): a row has waited longer
+    than ``MAX_WAIT``; rows are set aside and need an operator; or the Redis the rows went to
+    has no Sidekiq process registered, so being delivered there does not mean reaching the
+    website."""
+    problems = []
+    oldest = result.oldest_waiting_age
+    if oldest is not None and oldest > MAX_WAIT:
+        problems.append(
+            f"{result.waiting} follow-up job(s) wait in the outbox, the oldest for "
+            f"{oldest.total_seconds() / 3600:.1f} hours"
+        )
+    if result.set_aside_total:
+        problems.append(
+            f"{result.set_aside_total} follow-up job(s) are set aside: they cannot be "
+            "delivered as they are (partners_dagster_outbox.delivery_error says why)"
+        )
+    if sidekiq_configured and result.sidekiq_processes == 0:
+        problems.append(
+            "no Sidekiq process has registered in the Redis that "
+            "TEACHCOMPUTING_SIDEKIQ_REDIS_URL names: what was delivered there may never run"
+        )
+    return problems
 
 
 def outbox_counts(outbox: pd.DataFrame) -> pd.DataFrame:

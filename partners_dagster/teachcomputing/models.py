@@ -263,6 +263,8 @@ class OutboxJob(OwnBase):
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     jid: Mapped[str | None] = mapped_column(String(32))
     dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+    # Why delivery set the row aside (it cannot be pushed as it is); null for every other row.
+    delivery_error: Mapped[str | None] = mapped_column(Text)
 
 
 WEBSITE_MODELS = (

@@ -542,6 +542,7 @@ class TeachComputingRepository:
             o.dispatched_at,
             o.jid,
             o.dagster_run_id,
+            o.delivery_error,
         ).order_by(o.id)
         if pending_only:
             statement = statement.where(o.dispatched_at.is_(None))
@@ -560,27 +561,89 @@ class TeachComputingRepository:
                 "dispatched_at",
                 "jid",
                 "dagster_run_id",
+                "delivery_error",
             ],
         )
 
+    def outbox_to_deliver(self, *, only_run_id: str | None = None) -> list[Any]:
+        """The rows delivery pushes: undelivered and not set aside, lowest id first, as
+        (id, job_class, queue, arguments, run_at, created_at, jid) tuples; ``only_run_id``:
+        only those that Dagster run queued."""
+        o = OutboxJob
+        statement = (
+            select(o.id, o.job_class, o.queue, o.arguments, o.run_at, o.created_at, o.jid)
+            .where(o.dispatched_at.is_(None), o.delivery_error.is_(None))
+            .order_by(o.id)
+        )
+        if only_run_id is not None:
+            statement = statement.where(o.dagster_run_id == only_run_id)
+        with read_only(self.engine) as connection:
+            return connection.execute(statement).all()
+
     def outbox_waiting(self) -> tuple[int, datetime | None]:
-        """How many outbox rows wait for delivery, and when the oldest was written."""
+        """How many outbox rows wait for delivery, and when the oldest was written (rows set
+        aside with an error are counted by ``outbox_set_aside``, not here)."""
         o = OutboxJob
         with read_only(self.engine) as connection:
             count, oldest = connection.execute(
-                select(func.count(), func.min(o.created_at)).where(o.dispatched_at.is_(None))
+                select(func.count(), func.min(o.created_at)).where(
+                    o.dispatched_at.is_(None), o.delivery_error.is_(None)
+                )
             ).one()
         return count, oldest
 
-    def assign_jid(self, outbox_id: int, jid: str) -> str:
-        """Record the Sidekiq jid a row will be pushed with, before the push; a row that has
-        one keeps it (a retry must push the same jid, so the marker can be checked)."""
+    def outbox_set_aside(self) -> int:
+        """How many undelivered outbox rows delivery has set aside with an error."""
+        o = OutboxJob
+        with read_only(self.engine) as connection:
+            return connection.execute(
+                select(func.count()).where(o.dispatched_at.is_(None), o.delivery_error.is_not(None))
+            ).scalar_one()
+
+    def claim_jids(self, jids: dict[int, str]) -> dict[int, str | None]:
+        """Record the Sidekiq jid each row will be pushed with, before the push, in one
+        transaction; a row that has one keeps it (a retry must push the same jid, so the
+        marker can be checked). Returns the jid each row holds afterwards: another one where a
+        delivery running at the same time claimed the row first."""
+        o = OutboxJob.__table__
+        ids = list(jids)
+        held: dict[int, str | None] = {}
+        with self.engine.begin() as connection:
+            for chunk in batches(ids):
+                if connection.dialect.name == "postgresql":
+                    # Two arrays, one statement: executemany would be a round trip per row.
+                    connection.execute(
+                        text(
+                            f"UPDATE {o.name} AS o SET jid = v.jid"
+                            " FROM unnest(CAST(:ids AS bigint[]), CAST(:jids AS varchar[]))"
+                            " AS v(id, jid) WHERE o.id = v.id AND o.jid IS NULL"
+                        ),
+                        {"ids": list(chunk), "jids": [jids[row_id] for row_id in chunk]},
+                    )
+                else:
+                    connection.execute(
+                        update(o)
+                        .where(o.c.id == bindparam("row_id"), o.c.jid.is_(None))
+                        .values(jid=bindparam("new_jid")),
+                        [{"row_id": row_id, "new_jid": jids[row_id]} for row_id in chunk],
+                    )
+                # A statement of its own: it sees what a delivery running at the same time
+                # committed while this UPDATE waited for its row locks.
+                held.update(
+                    connection.execute(select(o.c.id, o.c.jid).where(o.c.id.in_(chunk))).all()
+                )
+        return held
+
+    def set_aside(self, errors: dict[int, str]) -> None:
+        """Set undelivered rows aside with the reason they cannot be delivered."""
         o = OutboxJob.__table__
         with self.engine.begin() as connection:
             connection.execute(
-                update(o).where(o.c.id == outbox_id, o.c.jid.is_(None)).values(jid=jid)
+                update(o)
+                .where(o.c.id == bindparam("row_id"), o.c.dispatched_at.is_(None))
+                .values(delivery_error=bindparam("error")),
+                [{"row_id": row_id, "error": error} for row_id, error in errors.items()],
             )
-            return connection.execute(select(o.c.jid).where(o.c.id == outbox_id)).scalar_one()
 
     def mark_dispatched(self, outbox_ids: Sequence[int], dispatched_at: datetime) -> None:
         o = OutboxJob.__table__
