@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import partners_dagster.rules
 from partners_dagster.rules import (
     Enrolment,
     InvalidRatioError,
-    Programme,
     ProgrammeEnrolment,
     State,
-    auto_enrol_job,
-    completion_jobs,
     latest_enrolment,
     match_user,
     next_achievement,
@@ -29,6 +29,7 @@ from partners_dagster.rules import (
     transition_metadata,
     user_ids_by_email,
 )
+from partners_dagster.sidekiq.follow_up_jobs import Programme, auto_enrol_job, completion_jobs
 
 T0 = datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
 ALICE = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -442,3 +443,25 @@ def test_auto_enrol_is_for_csa_achievements_of_users_without_a_csa_enrolment(
             {"achievement_id": "ach-9", "_aj_ruby2_keywords": ["achievement_id"]}
         ]
         assert job.dedup_key == "CSAccelerator::AutoEnrolJob:ach-9:2027-01-10"
+
+
+# -- where the rules stand ---------------------------------------------------------------------
+
+
+def test_rules_imports_nothing_of_the_project():
+    """The rules are the innermost layer (README, "Imports point inward"): rules.py imports
+    the standard library and pandas, never a module of partners_dagster."""
+    source = Path(partners_dagster.rules.__file__).read_text(encoding="utf-8")
+    project_imports = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level > 0 or module.split(".")[0] == "partners_dagster":
+                project_imports.append(f"line {node.lineno}: from {'.' * node.level}{module}")
+        elif isinstance(node, ast.Import):
+            project_imports += [
+                f"line {node.lineno}: import {alias.name}"
+                for alias in node.names
+                if alias.name.split(".")[0] == "partners_dagster"
+            ]
+    assert project_imports == []

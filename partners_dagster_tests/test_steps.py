@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from partners_dagster.partners_api import CourseRun, Rejection
-from partners_dagster.rules import Programme, State, auto_enrol_job, next_achievement
+from partners_dagster.rules import State, next_achievement
+from partners_dagster.sidekiq.follow_up_jobs import Programme, auto_enrol_job
 from partners_dagster.steps.course_progress import CourseFacts, plan_course_progress
 from partners_dagster.steps.course_reports import (
     ENROLMENT_COLUMNS,

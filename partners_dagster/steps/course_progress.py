@@ -11,15 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..rules import (
-    FollowUpJob,
-    Programme,
-    State,
-    auto_enrol_job,
-    completion_jobs,
-    next_achievement,
-    transition_metadata,
-)
+from ..rules import State, next_achievement, transition_metadata
+from ..sidekiq.follow_up_jobs import FollowUpJob, Programme, auto_enrol_job, completion_jobs
 
 
 @dataclass(frozen=True)

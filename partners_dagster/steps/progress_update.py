@@ -13,12 +13,8 @@ from uuid import uuid4
 
 import pandas as pd
 
-from ..rules import (
-    CS_ACCELERATOR,
-    Programme,
-    ProgrammeEnrolment,
-    programme_for_new_achievement,
-)
+from ..rules import ProgrammeEnrolment, programme_for_new_achievement
+from ..sidekiq.follow_up_jobs import CS_ACCELERATOR, Programme
 from .course_progress import CourseFacts, plan_course_progress, plan_violations
 from .latest_enrolment import LatestEnrolmentSet
 from .night_plan import NightPlan
