@@ -3,7 +3,9 @@ against malformed input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -242,3 +244,61 @@ def test_recorded_enrolments_are_read_quickly_and_as_carefully():
     )
     # The quick reader is what a night uses: it must take the real API's records.
     assert all(q is not None for q in quick), quick
+
+
+# -- the one list of enrolment fields ---------------------------------------------------------
+
+
+def test_the_enrolment_fields_are_the_record_types_fields_in_order():
+    assert [f.name for f in records.ENROLMENT_FIELDS] == [
+        f.name for f in dataclasses.fields(records.CourseEnrolment)
+    ]
+
+
+@pytest.mark.parametrize("field", records.ENROLMENT_FIELDS, ids=lambda f: f.name)
+def test_the_careful_reader_names_each_declared_field_that_is_wrong_or_missing(field):
+    def row_with(value):
+        record = _enrolment()
+        holder = record
+        for key in field.path[:-1]:
+            holder[key] = dict(holder[key])
+            holder = holder[key]
+        if value == "<missing>":
+            del holder[field.path[-1]]
+        else:
+            holder[field.path[-1]] = value
+        return record
+
+    with pytest.raises(RecordError, match=f"^{re.escape(field.dotted)} "):
+        course_enrolment_from_json(row_with([1]))
+    assert records._well_formed_enrolment(row_with([1])) is None
+    if field.required:
+        with pytest.raises(RecordError, match=f"missing field '{field.path[-1]}'"):
+            course_enrolment_from_json(row_with("<missing>"))
+    else:
+        assert getattr(course_enrolment_from_json(row_with("<missing>")), field.name) is None
+
+
+def test_a_report_row_is_written_as_the_enrolment_fields_nest():
+    fields = [
+        records.EnrolmentField("a_uuid", ("a", "uuid"), "uuid"),
+        records.EnrolmentField("a_href", ("a", "href"), "string"),
+        records.EnrolmentField("pct", ("pct%",), "count"),
+    ]
+    template = records.enrolment_row_template(fields)
+    assert template == '{"a":{"uuid":%s,"href":%s},"pct%%":%s}'
+    assert json.loads(template % ('"u"', '"h"', "3")) == {
+        "a": {"uuid": "u", "href": "h"},
+        "pct%": 3,
+    }
+    with pytest.raises(ValueError, match="'pct%' is declared twice"):
+        records.enrolment_row_template([*fields, fields[-1]])
+
+
+def test_the_quick_reader_is_written_from_the_enrolment_fields():
+    source = records._quick_reader_source(records.ENROLMENT_FIELDS)
+    for field in records.ENROLMENT_FIELDS:
+        assert f"f_{field.name} = " in source
+        assert f"{field.name}=f_{field.name}" in source
+    with pytest.raises(ValueError, match="'odd' has an unknown kind 'colour'"):
+        records._quick_reader_source([records.EnrolmentField("odd", ("odd",), "colour")])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from partners_dagster.partners_api import records
 from partners_dagster.partners_api.tokens import TokenSource
 from partners_dagster.sandbox import (
     CONTROL_TOKEN_HEADER,
@@ -26,6 +27,7 @@ from partners_dagster.sandbox import (
     SandboxServer,
     generate,
 )
+from partners_dagster.sandbox import server as sandbox_server
 
 CONTROL_CALLS = [
     ("GET", "stats", None),
@@ -507,3 +509,47 @@ def test_26_advance_takes_the_change_model_and_refuses_an_unknown_one(server):
     assert server.control.advance(seed=4, changes="realistic")["model"] == "realistic"
     with pytest.raises(SandboxControlError, match="changes must be one of"):
         server.control.advance(seed=4, changes="everything")
+
+
+# -- the enrolment fields ---------------------------------------------------------------------
+
+
+def _key_paths(obj: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            paths += _key_paths(value, (*prefix, key))
+        else:
+            paths.append((*prefix, key))
+    return paths
+
+
+def _a_run_with_enrolments(api: SandboxApi) -> int:
+    return next(r for r in range(len(api.dataset.runs)) if len(api.dataset.enrolments_of_run(r)))
+
+
+def test_the_sandbox_writes_each_report_row_as_the_enrolment_fields_say():
+    api = SandboxApi(generate("tiny", seed=11))
+    run = _a_run_with_enrolments(api)
+    rows = json.loads(api._report_json("http://127.0.0.1:1", run))
+    assert rows
+    declared = [f.path for f in records.ENROLMENT_FIELDS]
+    assert all(_key_paths(row) == declared for row in rows)
+    # and the project's own reader takes every row, quickly.
+    assert all(records._well_formed_enrolment(row) for row in rows)
+
+
+def test_a_new_enrolment_field_comes_from_the_sandbox_datasets_column_of_its_name(monkeypatch):
+    api = SandboxApi(generate("tiny", seed=11))
+    run = _a_run_with_enrolments(api)
+    fields = (
+        *records.ENROLMENT_FIELDS,
+        records.EnrolmentField("weeks_seen", ("weeks_seen",), "count"),
+    )
+    monkeypatch.setattr(sandbox_server, "ENROLMENT_FIELDS", fields)
+    monkeypatch.setattr(sandbox_server, "ENROLMENT_ROW", records.enrolment_row_template(fields))
+    with pytest.raises(KeyError, match="no values for the enrolment field 'weeks_seen'"):
+        api._report_json("http://127.0.0.1:1", run)
+    api.dataset.enrolments["weeks_seen"] = 3
+    rows = json.loads(api._report_json("http://127.0.0.1:1", run))
+    assert [row["weeks_seen"] for row in rows] == [3] * len(rows)

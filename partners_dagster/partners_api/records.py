@@ -55,6 +55,74 @@ class CourseEnrolment:
     steps_completed_ratio: float
 
 
+# -- the enrolment report's fields -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnrolmentField:
+    """One field of an enrolment report's row: its ``CourseEnrolment`` attribute, where it is
+    in the row's JSON, and its kind, which says what it must be:
+
+    - ``uuid``: a UUID string, kept canonical;
+    - ``string``: a string;
+    - ``timestamp``: null, or an ISO-8601 string with a zone, kept as aware UTC;
+    - ``count``: an integer, never negative;
+    - ``ratio``: a number from 0 to 1, never clamped.
+    """
+
+    name: str
+    path: tuple[str, ...]
+    kind: str
+    required: bool = True  # False: a missing key reads as null
+
+    @property
+    def dotted(self) -> str:
+        """The name a rejection gives it, e.g. ``run.uuid``."""
+        return ".".join(self.path)
+
+
+# The one list of an enrolment report's fields, in the order of the API's JSON. The quick
+# reader, the careful reader and the sandbox's JSON follow from it: a new field is a line
+# here, an attribute of ``CourseEnrolment``, and its tests.
+ENROLMENT_FIELDS = (
+    EnrolmentField("run_uuid", ("run", "uuid"), "uuid"),
+    EnrolmentField("run_href", ("run", "href"), "string"),
+    EnrolmentField("membership_uuid", ("organisation_membership", "uuid"), "uuid"),
+    EnrolmentField("membership_href", ("organisation_membership", "href"), "string"),
+    EnrolmentField("status", ("status",), "string"),
+    EnrolmentField("activated_at", ("activated_at",), "timestamp", required=False),
+    EnrolmentField("deactivated_at", ("deactivated_at",), "timestamp", required=False),
+    EnrolmentField("steps_completed_count", ("steps_completed_count",), "count"),
+    EnrolmentField("steps_completed_ratio", ("steps_completed_ratio",), "ratio"),
+)
+
+
+def enrolment_row_template(fields: Sequence[EnrolmentField] = ENROLMENT_FIELDS) -> str:
+    """A report's row as a ``%``-template: the fields' keys, nested as their paths say, in
+    the list's order, each value a ``%s`` to be filled with the value's JSON text."""
+
+    def members(group: Sequence[EnrolmentField], depth: int) -> str:
+        parts: list[str] = []
+        index = 0
+        while index < len(group):
+            key = group[index].path[depth]
+            end = index
+            while end < len(group) and group[end].path[depth] == key:
+                end += 1
+            same_key = group[index:end]
+            if len(same_key[0].path) == depth + 1:
+                if len(same_key) != 1:
+                    raise ValueError(f"enrolment field {key!r} is declared twice")
+                value = "%s"
+            else:
+                value = members(same_key, depth + 1)
+            parts.append(json.dumps(key).replace("%", "%%") + ":" + value)
+            index = end
+        return "{" + ",".join(parts) + "}"
+
+    return members(fields, 0)
+
+
 @dataclass(frozen=True, slots=True)
 class OrganisationMembership:
     uuid: str
@@ -349,6 +417,26 @@ def course_enrolment_from_json(value: Any) -> CourseEnrolment:
     return _well_formed_enrolment(value) or _enrolment_field_by_field(value)
 
 
+# The careful reader's rule for each kind of field: the value and the field's dotted name in,
+# the kept value out, or a RecordError naming the field.
+_READ_CAREFULLY: dict[str, Callable[[Any, str], Any]] = {
+    "uuid": _uuid,
+    "string": _str,
+    "timestamp": timestamp,
+    "count": _int,
+    "ratio": lambda value, name: ratio(value),
+}
+# The quick reader's test for each kind (a Python expression of the value ``{0}``): true only
+# for the values the careful reader keeps as they are. Timestamps are read by ``_plain_time``.
+_PLAIN: dict[str, str] = {
+    "uuid": "type({0}) is str and _CANONICAL_UUID.fullmatch({0})",
+    "string": "type({0}) is str",
+    "timestamp": "",
+    "count": "type({0}) is int and {0} >= 0",
+    "ratio": "type({0}) is float and 0.0 <= {0} <= 1.0",
+}
+
+
 class _NotPlain(Exception):
     """A value the quick reader leaves to the field-by-field one."""
 
@@ -365,62 +453,89 @@ def _plain_time(value: Any) -> datetime | None:
     return parsed
 
 
-def _well_formed_enrolment(value: Any) -> CourseEnrolment | None:
-    """The common record, read in a few steps: a report holds tens of thousands, and this
-    is most of what a night spends on them. Anything unusual returns None, for the
-    field-by-field reader, which gives the same record or says what is wrong."""
-    try:
-        run, membership = value["run"], value["organisation_membership"]
-        run_uuid, run_href = run["uuid"], run["href"]
-        membership_uuid, membership_href = membership["uuid"], membership["href"]
-        status, count = value["status"], value["steps_completed_count"]
-        ratio = value["steps_completed_ratio"]
-        activated_at = _plain_time(value.get("activated_at"))
-        deactivated_at = _plain_time(value.get("deactivated_at"))
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError, _NotPlain):
-        return None
-    if not (
-        type(value) is dict
-        and type(run_href) is str
-        and type(membership_href) is str
-        and type(status) is str
-        and type(count) is int
-        and count >= 0
-        and type(ratio) is float
-        and 0.0 <= ratio <= 1.0
-        and type(run_uuid) is str
-        and type(membership_uuid) is str
-        and _CANONICAL_UUID.fullmatch(run_uuid)
-        and _CANONICAL_UUID.fullmatch(membership_uuid)
-    ):
-        return None
-    return CourseEnrolment(
-        run_uuid=run_uuid,
-        run_href=run_href,
-        membership_uuid=membership_uuid,
-        membership_href=membership_href,
-        status=status,
-        activated_at=activated_at,
-        deactivated_at=deactivated_at,
-        steps_completed_count=count,
-        steps_completed_ratio=ratio,
+def _quick_reader_source(fields: Sequence[EnrolmentField]) -> str:
+    """The quick reader's code, written out from the fields: each read in one step inside a
+    ``try``, then every test in one condition (see ``_well_formed_enrolment``)."""
+    reads: list[str] = []
+    tests = ["type(value) is dict"]
+    holders: dict[tuple[str, ...], str] = {(): "value"}
+    for f in fields:
+        if f.kind not in _PLAIN:
+            raise ValueError(f"enrolment field {f.name!r} has an unknown kind {f.kind!r}")
+        for depth in range(1, len(f.path)):
+            if f.path[:depth] not in holders:
+                holder = "h_" + "_".join(f.path[:depth])
+                reads.append(f"{holder} = {holders[f.path[: depth - 1]]}[{f.path[depth - 1]!r}]")
+                holders[f.path[:depth]] = holder
+        holder, key, name = holders[f.path[:-1]], f.path[-1], f"f_{f.name}"
+        read = f"{holder}[{key!r}]" if f.required else f"{holder}.get({key!r})"
+        reads.append(
+            f"{name} = _plain_time({read})" if f.kind == "timestamp" else f"{name} = {read}"
+        )
+        if _PLAIN[f.kind]:
+            tests.append(_PLAIN[f.kind].format(name))
+    record = ", ".join(f"{f.name}=f_{f.name}" for f in fields)
+    return "\n".join(
+        ["def _well_formed_enrolment(value):", "    try:"]
+        + [f"        {line}" for line in reads]
+        + [
+            "    except (KeyError, TypeError, AttributeError, ValueError, IndexError, _NotPlain):",
+            "        return None",
+            "    if not (" + " and ".join(f"({test})" for test in tests) + "):",
+            "        return None",
+            f"    return CourseEnrolment({record})",
+        ]
     )
+
+
+def _compile_quick_reader(fields: Sequence[EnrolmentField]) -> Callable[[Any], Any]:
+    namespace = {
+        "CourseEnrolment": CourseEnrolment,
+        "_plain_time": _plain_time,
+        "_CANONICAL_UUID": _CANONICAL_UUID,
+        "_NotPlain": _NotPlain,
+    }
+    exec(compile(_quick_reader_source(fields), "<enrolment quick reader>", "exec"), namespace)
+    return namespace["_well_formed_enrolment"]
+
+
+# The common record, read in a few steps: a report holds tens of thousands, and this is most
+# of what a night spends on them. Anything unusual returns None, for the field-by-field
+# reader, which gives the same record or says what is wrong. It is written out from
+# ENROLMENT_FIELDS once, at import, as a loop over them would take twice as long.
+_well_formed_enrolment: Callable[[Any], CourseEnrolment | None] = _compile_quick_reader(
+    ENROLMENT_FIELDS
+)
+
+
+def _at(obj: dict, f: EnrolmentField) -> Any:
+    """The field's value in a row, or a RecordError naming what is missing or not an object."""
+    for depth, key in enumerate(f.path[:-1]):
+        obj = _field(obj, key)
+        if not isinstance(obj, dict):
+            keys = _KEYS_UNDER[f.path[: depth + 1]]
+            raise RecordError(f"{'.'.join(f.path[: depth + 1])} must be an object with {keys}")
+    return _field(obj, f.path[-1]) if f.required else obj.get(f.path[-1])
+
+
+def _keys_under(fields: Sequence[EnrolmentField]) -> dict[tuple[str, ...], str]:
+    """For each object in a row, its keys as a rejection names them: ``uuid and href``."""
+    keys: dict[tuple[str, ...], list[str]] = {}
+    for f in fields:
+        for depth in range(1, len(f.path)):
+            under = keys.setdefault(f.path[:depth], [])
+            if f.path[depth] not in under:
+                under.append(f.path[depth])
+    return {prefix: " and ".join(names) for prefix, names in keys.items()}
+
+
+_KEYS_UNDER = _keys_under(ENROLMENT_FIELDS)
 
 
 def _enrolment_field_by_field(value: Any) -> CourseEnrolment:
     obj = _object(value)
-    run_uuid, run_href = _ref(obj, "run")
-    membership_uuid, membership_href = _ref(obj, "organisation_membership")
     return CourseEnrolment(
-        run_uuid=run_uuid,
-        run_href=run_href,
-        membership_uuid=membership_uuid,
-        membership_href=membership_href,
-        status=_str(_field(obj, "status"), "status"),
-        activated_at=timestamp(obj.get("activated_at"), "activated_at"),
-        deactivated_at=timestamp(obj.get("deactivated_at"), "deactivated_at"),
-        steps_completed_count=_int(_field(obj, "steps_completed_count"), "steps_completed_count"),
-        steps_completed_ratio=ratio(_field(obj, "steps_completed_ratio")),
+        **{f.name: _READ_CAREFULLY[f.kind](_at(obj, f), f.dotted) for f in ENROLMENT_FIELDS}
     )
 
 

@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..partners_api.records import ENROLMENT_FIELDS, enrolment_row_template
 from .dataset import SandboxDataset
 
 DEFAULT_CONSUMER_KEY = "sandbox-consumer-key"
@@ -262,6 +263,16 @@ def _not_modified(request: Request, body: bytes) -> Response | None:
 
 def _json_str(value: str | None) -> str:
     return "null" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+# How the dataset's column of each kind of enrolment field is written in a report.
+_JSON_OF_KIND = {
+    "string": _json_str,
+    "timestamp": lambda epoch: _json_str(_iso(epoch)),  # seconds since 1970; negative: null
+    "count": str,
+    "ratio": json.dumps,
+}
+ENROLMENT_ROW = enrolment_row_template()
 
 
 class _DroppedResponse(Response):
@@ -552,27 +563,38 @@ class SandboxApi:
         )
 
     def _report_json(self, base: str, run: int) -> str:
-        run_uuid = self.dataset.runs["run_uuid"].iat[run]
+        """The run's report: each row from ``ENROLMENT_FIELDS``' template, each field's
+        values from ``_report_columns``."""
         rows = self.dataset.enrolments_of_run(run)
-        run_ref = f'{{"uuid":"{run_uuid}","href":"{base}/partners/course_runs/{run_uuid}"}}'
-        members = self._membership_uuids
-        parts = [
-            f'{{"run":{run_ref},"organisation_membership":{{"uuid":"{members[m]}",'
-            f'"href":"{base}/partners/organisation_memberships/{members[m]}"}},'
-            f'"status":"{"deactivated" if off else "active"}","activated_at":{_json_str(_iso(a))},'
-            f'"deactivated_at":{_json_str(_iso(d))},"steps_completed_count":{c},'
-            f'"steps_completed_ratio":{json.dumps(r)}}}'
-            for m, off, a, d, c, r in zip(
-                rows["membership"].tolist(),
-                rows["deactivated"].tolist(),
-                rows["activated_at"].tolist(),
-                rows["deactivated_at"].tolist(),
-                rows["steps_completed_count"].tolist(),
-                rows["steps_completed_ratio"].tolist(),
-                strict=True,
-            )
-        ]
-        return "[" + ",".join(parts) + "]"
+        columns = self._report_columns(base, run, rows)
+        try:
+            values = [columns[f.name] for f in ENROLMENT_FIELDS]
+        except KeyError as error:
+            raise KeyError(
+                f"the sandbox has no values for the enrolment field {error.args[0]!r}: give its "
+                "dataset's enrolments a column of that name"
+            ) from None
+        return "[" + ",".join(ENROLMENT_ROW % row for row in zip(*values, strict=True)) + "]"
+
+    def _report_columns(self, base: str, run: int, rows) -> dict[str, list[str]]:
+        """The JSON text of each field's values in ``rows``: the run, the membership and the
+        status from the dataset's own columns; any other field from the dataset's column of
+        its name, written as its kind says."""
+        run_uuid = self.dataset.runs["run_uuid"].iat[run]
+        members = [self._membership_uuids[m] for m in rows["membership"].tolist()]
+        columns = {
+            "run_uuid": [f'"{run_uuid}"'] * len(rows),
+            "run_href": [f'"{base}/partners/course_runs/{run_uuid}"'] * len(rows),
+            "membership_uuid": [f'"{m}"' for m in members],
+            "membership_href": [f'"{base}/partners/organisation_memberships/{m}"' for m in members],
+            "status": [
+                '"deactivated"' if off else '"active"' for off in rows["deactivated"].tolist()
+            ],
+        }
+        for f in ENROLMENT_FIELDS:
+            if f.name not in columns and f.name in rows.columns:
+                columns[f.name] = [_JSON_OF_KIND[f.kind](v) for v in rows[f.name].tolist()]
+        return columns
 
     def _membership_json(self, base: str, index: int) -> str | None:
         row = self.dataset.memberships.iloc[index]
