@@ -255,6 +255,17 @@ def test_the_enrolment_fields_are_the_record_types_fields_in_order():
     ]
 
 
+def test_the_enrolment_tables_columns_are_the_fields_marked_in_table():
+    declared = [f.name for f in records.ENROLMENT_FIELDS if f.in_table]
+    arrays = [
+        f.name
+        for f in dataclasses.fields(records.EnrolmentTable)
+        if f.name not in ("run_uuid", "rejections")
+    ]
+    assert arrays == declared
+    assert ("run_uuid", *declared) == records.ENROLMENT_TABLE_COLUMNS
+
+
 @pytest.mark.parametrize("field", records.ENROLMENT_FIELDS, ids=lambda f: f.name)
 def test_the_careful_reader_names_each_declared_field_that_is_wrong_or_missing(field):
     def row_with(value):

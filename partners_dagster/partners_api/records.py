@@ -74,6 +74,7 @@ class EnrolmentField:
     path: tuple[str, ...]
     kind: str
     required: bool = True  # False: a missing key reads as null
+    in_table: bool = True  # a column of the EnrolmentTable the steps work on
 
     @property
     def dotted(self) -> str:
@@ -85,10 +86,13 @@ class EnrolmentField:
 # reader, the careful reader and the sandbox's JSON follow from it: a new field is a line
 # here, an attribute of ``CourseEnrolment``, and its tests.
 ENROLMENT_FIELDS = (
-    EnrolmentField("run_uuid", ("run", "uuid"), "uuid"),
-    EnrolmentField("run_href", ("run", "href"), "string"),
+    # A table holds one run's report: it keeps the run once, not as a column.
+    EnrolmentField("run_uuid", ("run", "uuid"), "uuid", in_table=False),
+    EnrolmentField("run_href", ("run", "href"), "string", in_table=False),
     EnrolmentField("membership_uuid", ("organisation_membership", "uuid"), "uuid"),
-    EnrolmentField("membership_href", ("organisation_membership", "href"), "string"),
+    EnrolmentField(
+        "membership_href", ("organisation_membership", "href"), "string", in_table=False
+    ),
     EnrolmentField("status", ("status",), "string"),
     EnrolmentField("activated_at", ("activated_at",), "timestamp", required=False),
     EnrolmentField("deactivated_at", ("deactivated_at",), "timestamp", required=False),
@@ -148,16 +152,11 @@ class EnrolmentReport:
     rejections: list[Rejection]
 
 
+# The arrays of an enrolment table: the fields marked in_table, in the list's order.
+_TABLE_ARRAYS = tuple(f.name for f in ENROLMENT_FIELDS if f.in_table)
+_TABLE_KINDS = {f.name: f.kind for f in ENROLMENT_FIELDS if f.in_table}
 # The columns of an enrolment table, in the order of the frames the steps work on.
-ENROLMENT_TABLE_COLUMNS = (
-    "run_uuid",
-    "membership_uuid",
-    "status",
-    "activated_at",
-    "deactivated_at",
-    "steps_completed_count",
-    "steps_completed_ratio",
-)
+ENROLMENT_TABLE_COLUMNS = ("run_uuid", *_TABLE_ARRAYS)
 
 
 class TableFormatError(ValueError):
@@ -228,57 +227,62 @@ class EnrolmentTable:
 
 
 TABLE_MAGIC = b"PDET1\n"  # partners_dagster enrolment table, format 1
-_TABLE_ARRAYS = (
-    "membership_uuid",
-    "status",
-    "activated_at",
-    "deactivated_at",
-    "steps_completed_count",
-    "steps_completed_ratio",
-)
-# The dtypes a stored column may have (never "O": object arrays would need pickle).
-_TABLE_DTYPES = {
-    "membership_uuid": r"\|S36",
-    "status": r"<U\d{1,4}",
-    "activated_at": r"<M8\[ns\]",
-    "deactivated_at": r"<M8\[ns\]",
-    "steps_completed_count": r"<i8",
-    "steps_completed_ratio": r"<f8",
+# The dtypes a stored column of each kind may have (never "O": object arrays would need pickle).
+_DTYPE_OF_KIND = {
+    "uuid": r"\|S36",  # fixed-width ASCII bytes: canonical UUIDs
+    "string": r"<U\d{1,4}",
+    "timestamp": r"<M8\[ns\]",  # UTC; NaT for null
+    "count": r"<i8",
+    "ratio": r"<f8",
 }
+_TABLE_DTYPES = {name: _DTYPE_OF_KIND[kind] for name, kind in _TABLE_KINDS.items()}
 
 
 def enrolment_table(report: EnrolmentReport) -> EnrolmentTable:
     """The columns of a parsed report."""
     rows = report.enrolments
 
-    def times(name: str) -> np.ndarray:
+    def column(name: str, kind: str) -> np.ndarray:
         values = [getattr(e, name) for e in rows]
-        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).to_numpy(
-            dtype="datetime64[ns]"
-        )
+        if kind == "timestamp":
+            return pd.to_datetime(pd.Series(values, dtype=object), utc=True).to_numpy(
+                dtype="datetime64[ns]"
+            )
+        return np.array(values, dtype=_NUMPY_DTYPE_OF_KIND[kind])
 
     return EnrolmentTable(
         run_uuid=report.run_uuid,
-        membership_uuid=np.array([e.membership_uuid for e in rows], dtype="S36"),
-        status=np.array([e.status for e in rows], dtype=str),
-        activated_at=times("activated_at"),
-        deactivated_at=times("deactivated_at"),
-        steps_completed_count=np.array([e.steps_completed_count for e in rows], dtype=np.int64),
-        steps_completed_ratio=np.array([e.steps_completed_ratio for e in rows], dtype=np.float64),
         rejections=tuple(report.rejections),
+        **{name: column(name, kind) for name, kind in _TABLE_KINDS.items()},
     )
+
+
+_NUMPY_DTYPE_OF_KIND: dict[str, Any] = {
+    "uuid": "S36",
+    "string": str,
+    "timestamp": "datetime64[ns]",
+    "count": np.int64,
+    "ratio": np.float64,
+}
 
 
 def enrolment_tables_frame(
     tables: Sequence[EnrolmentTable], extra: dict[str, Sequence[str]] | None = None
 ) -> pd.DataFrame:
-    """One frame of ``ENROLMENT_TABLE_COLUMNS`` (UUIDs and status as ``str`` objects, times
+    """One frame of ``ENROLMENT_TABLE_COLUMNS`` (UUIDs and strings as ``str`` objects, times
     as UTC datetimes) from many tables, plus ``extra`` columns given one value per table."""
     lengths = [len(t) for t in tables]
 
-    def joined(name: str, dtype: Any) -> np.ndarray:
+    def joined(name: str, kind: str) -> Any:
         parts = [getattr(t, name) for t in tables]
-        return np.concatenate(parts) if parts else np.array([], dtype=dtype)
+        array = np.concatenate(parts) if parts else np.array([], dtype=_NUMPY_DTYPE_OF_KIND[kind])
+        if kind == "uuid":
+            return np.array(array.astype(str).tolist(), dtype=object)
+        if kind == "string":
+            return np.array(array.tolist(), dtype=object)
+        if kind == "timestamp":
+            return pd.to_datetime(array, utc=True)
+        return array
 
     def per_table(values: Sequence[str]) -> np.ndarray:
         return np.repeat(np.array(list(values), dtype=object), lengths)
@@ -286,14 +290,7 @@ def enrolment_tables_frame(
     frame = pd.DataFrame(
         {
             "run_uuid": per_table([t.run_uuid for t in tables]),
-            "membership_uuid": np.array(
-                joined("membership_uuid", "S36").astype(str).tolist(), dtype=object
-            ),
-            "status": np.array(joined("status", str).tolist(), dtype=object),
-            "activated_at": pd.to_datetime(joined("activated_at", "datetime64[ns]"), utc=True),
-            "deactivated_at": pd.to_datetime(joined("deactivated_at", "datetime64[ns]"), utc=True),
-            "steps_completed_count": joined("steps_completed_count", np.int64),
-            "steps_completed_ratio": joined("steps_completed_ratio", np.float64),
+            **{name: joined(name, kind) for name, kind in _TABLE_KINDS.items()},
         }
     )
     for name, values in (extra or {}).items():
