@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ..privacy import mask_url_passwords
+from ..privacy import mask_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -36,4 +36,4 @@ class TeachComputingDatabaseResource(ConfigurableResource):
     def __repr_args__(self):
         # pydantic builds repr() and str() from these: the URL's password never shows.
         for name, value in super().__repr_args__():
-            yield name, (mask_url_passwords(value) if isinstance(value, str) else value)
+            yield name, (mask_url(value) if isinstance(value, str) else value)
