@@ -19,6 +19,11 @@ DEFAULT_MEMBERSHIP_REFRESH_DAYS = 7
 # server sends: socket timeouts bound each read, not the whole answer.
 DEFAULT_REQUEST_DEADLINE_SECONDS = 120.0
 DEFAULT_GLOBALID_APP = "teach-computing"
+# The longest the jobs wait for a row lock (the website's, or another run's): a course or a link
+# that waits longer is skipped and reported, and the rest go on. On SQLite, the busy timeout.
+DEFAULT_DATABASE_LOCK_TIMEOUT_SECONDS = 60.0
+# The longest one statement may run on PostgreSQL before it is cancelled.
+DEFAULT_DATABASE_STATEMENT_TIMEOUT_SECONDS = 900.0
 
 
 class ConfigurationError(ValueError):
@@ -147,3 +152,29 @@ def membership_refresh_days() -> float:
 def globalid_app() -> str:
     """TEACHCOMPUTING_GLOBALID_APP: the website's GlobalID app name."""
     return _env("TEACHCOMPUTING_GLOBALID_APP") or DEFAULT_GLOBALID_APP
+
+
+def database_lock_timeout_seconds() -> float:
+    """TEACHCOMPUTING_DATABASE_LOCK_TIMEOUT_SECONDS: how long a statement waits for a lock
+    (PostgreSQL's ``lock_timeout``, SQLite's busy timeout)."""
+    return _number(
+        "TEACHCOMPUTING_DATABASE_LOCK_TIMEOUT_SECONDS",
+        float,
+        DEFAULT_DATABASE_LOCK_TIMEOUT_SECONDS,
+        0.001,
+        86_400,
+        "a number of seconds from 0.001 to 86400",
+    )
+
+
+def database_statement_timeout_seconds() -> float:
+    """TEACHCOMPUTING_DATABASE_STATEMENT_TIMEOUT_SECONDS: how long one statement may run on
+    PostgreSQL (``statement_timeout``)."""
+    return _number(
+        "TEACHCOMPUTING_DATABASE_STATEMENT_TIMEOUT_SECONDS",
+        float,
+        DEFAULT_DATABASE_STATEMENT_TIMEOUT_SECONDS,
+        0.001,
+        86_400,
+        "a number of seconds from 0.001 to 86400",
+    )

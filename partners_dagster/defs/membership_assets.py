@@ -8,6 +8,7 @@ import pandas as pd
 from ..partners_api.resource import PartnersApiResource
 from ..privacy import mask_email
 from ..steps.course_reports import CourseEnrolments
+from ..steps.membership_linking import link_memberships_skipping_locked
 from ..steps.membership_lookup import look_up_memberships
 from ..steps.membership_matching import FORGOTTEN, match_memberships
 from ..steps.night_plan import NightPlan
@@ -96,11 +97,15 @@ def membership_links(
         links = links[links["user_id"].isin(scope.users)].reset_index(drop=True)
     plan = NightPlan()
     # A dry run's plan is what the night would link: the same rule, nothing written.
-    result = (
-        repository.plan_links(links)
-        if run_options.dry_run
-        else repository.link_memberships(links, context.run.run_id)
-    )
+    if run_options.dry_run:
+        result, timed_out = repository.plan_links(links), pd.DataFrame()
+    else:
+        result, timed_out = link_memberships_skipping_locked(repository, links, context.run.run_id)
+    if not timed_out.empty:
+        context.log.warning(
+            f"{len(timed_out)} membership link(s) skipped on a database lock or statement "
+            "timeout (another session held their user's row); the next run links them"
+        )
     plan.link(result.links)
     # Nightly on a full run; a scoped run changes only its own users' rows.
     forgot = (
@@ -133,6 +138,7 @@ def membership_links(
             "unmatched_ambiguous": len(matches.ambiguous),
             "unmatched_membership_not_found": not_found,
             "memberships_linked_to_another_user": len(conflicts),
+            "links_skipped_on_lock_timeout": table(timed_out, limit=10),
             "unmatched_preview": table(unmatched, limit=10),
             "conflicts": table(conflicts, limit=10),
             "forgotten_users_link_rows_removed": forgot.link_rows if forgot else 0,

@@ -3,6 +3,7 @@
 import dataclasses
 
 import dagster as dg
+import pandas as pd
 
 from ..sidekiq.resource import SidekiqResource
 from ..steps.course_reports import CourseEnrolments
@@ -82,11 +83,19 @@ def achievement_progress(
     )
     if run_options.dry_run:
         context.log.info(f"dry run, nothing written: {plan.summary()}")
+    timed_out = pd.DataFrame(counts.courses_timed_out, columns=["course_uuid", "title", "error"])
+    if not timed_out.empty:
+        context.log.warning(
+            f"{len(timed_out)} course(s) skipped on a database lock or statement timeout "
+            f"(another session held their rows); the next run applies them: "
+            f"{', '.join(timed_out['course_uuid'].astype(str))}"
+        )
     return dg.MaterializeResult(
         metadata={
             **plan_metadata(plan, run_options, scope),
             "courses_applied": counts.courses_applied,
             "courses_skipped": counts.courses_skipped,
+            "courses_skipped_on_lock_timeout": table(timed_out),
             "achievements_created": counts.achievements_created,
             "achievements_progressed": counts.achievements_progressed,
             "achievements_completed": counts.moved_to_complete,

@@ -27,6 +27,7 @@ import requests
 import requests_cache
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
+from ..privacy import mask_url, scrub_exception, scrub_secrets, unreadable_url_reason
 from ..settings import DEFAULT_REQUEST_DEADLINE_SECONDS, ConfigurationError
 from .errors import (
     ApiUnavailableError,
@@ -57,7 +58,6 @@ from .transport import (
     Deadline,
     DeadlineAdapter,
     is_loopback_host,
-    mask_url,
     read_body_capped,
 )
 
@@ -158,15 +158,6 @@ class _RedisCache(_RedactedHistory, requests_cache.RedisCache):
     pass
 
 
-def _scrub(text: str, url: str) -> str:
-    """``text`` without the password of ``url``, should a library have quoted it."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    return text.replace(password, "***") if password else text
-
-
 def _private_file(path: Path) -> None:
     """Create ``path`` readable by its owner only (it holds personal data), or tighten it.
     SQLite gives its -wal and -shm files the mode of the database file."""
@@ -188,18 +179,25 @@ def make_cache_backend(
     if not location:
         return None
     if location.startswith(REDIS_SCHEMES):
-        try:
-            connection = redis.Redis.from_url(location, socket_connect_timeout=5, socket_timeout=30)
-            if check:
-                connection.ping()
-        except Exception as error:
-            raise ConfigurationError(
-                f"FL_PARTNERS_CACHE: cannot use the Redis cache at {mask_url(location)!r}: "
-                f"{type(error).__name__}: {_scrub(str(error), location)[:200]}"
-            ) from None
-        # Kept past their expiry, to be revalidated (see STALE_KEEP_SECONDS).
-        return _RedisCache(
-            namespace="partners_api", connection=connection, ttl_offset=STALE_KEEP_SECONDS
+        problem = unreadable_url_reason(location)
+        if problem is None:
+            try:
+                connection = redis.Redis.from_url(
+                    location, socket_connect_timeout=5, socket_timeout=30
+                )
+                if check:
+                    connection.ping()
+                # Kept past their expiry, to be revalidated (see STALE_KEEP_SECONDS).
+                return _RedisCache(
+                    namespace="partners_api", connection=connection, ttl_offset=STALE_KEEP_SECONDS
+                )
+            except Exception as error:
+                # redis-py may quote part of a password it misread ("Port could not be cast
+                # to integer value as '...'").
+                problem = scrub_secrets(f"{type(error).__name__}: {error}", location)[:200]
+        # Raised outside the except block: the library's error is not chained to it.
+        raise ConfigurationError(
+            f"FL_PARTNERS_CACHE: cannot use the Redis cache at {mask_url(location)!r}: {problem}"
         )
     path = Path(location)
     if not path.suffix:
@@ -338,7 +336,7 @@ class PartnersApiClient:
     def enrolment_table(self, run_uuid: str) -> EnrolmentTable:
         """A run's enrolment report as columns. An answer that is unchanged (renewed by a
         ``304``, or read from the cache) is not parsed again when its parsed form is kept."""
-        response = self._get(
+        response = self._fetch(
             f"{self.base_url}/partners/course_runs/{run_uuid}/course_enrolments_report",
             ENROLMENTS_REPORT,
         )
@@ -448,7 +446,7 @@ class PartnersApiClient:
                 backend.close()
 
     def __repr__(self) -> str:
-        return f"PartnersApiClient(base_url={self.base_url!r})"
+        return f"PartnersApiClient(base_url={mask_url(self.base_url)!r})"
 
     # -- transport -------------------------------------------------------------------------
 
@@ -529,7 +527,19 @@ class PartnersApiClient:
         return session
 
     def _read(self, path: str, endpoint: str, parse: Callable[[Any, int, bytes], T]) -> T:
-        return self._parse(self._get(self.base_url + path, endpoint), endpoint, parse)
+        return self._parse(self._fetch(self.base_url + path, endpoint), endpoint, parse)
+
+    def _fetch(self, url: str, endpoint: str) -> requests.Response:
+        """``_get``, its errors masked on the way out: every message of ``_get`` quotes the
+        URL, and requests' own errors quote parts of it. The password of FL_PARTNERS_URL (or
+        of the cache's URL) never leaves the client."""
+        try:
+            return self._get(url, endpoint)
+        except _NotCached:
+            raise
+        except Exception as error:
+            scrub_exception(error, self.base_url, self._cache)
+            raise
 
     def _parse(
         self, response: requests.Response, endpoint: str, parse: Callable[[Any, int, bytes], T]
@@ -758,6 +768,11 @@ class PartnersApiClient:
 def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> None:
     """An https:// URL; plain http:// only to this machine, unless explicitly allowed: every
     request carries a bearer token."""
+    problem = unreadable_url_reason(base_url)
+    if problem is not None:
+        raise ConfigurationError(
+            f"FL_PARTNERS_URL {mask_url(base_url)!r} cannot be read: {problem}"
+        )
     try:
         parts = urlsplit(base_url)
         host = parts.hostname

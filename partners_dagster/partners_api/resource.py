@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from ..privacy import mask_url_passwords
+from ..privacy import mask_url
 from ..settings import (
     DEFAULT_CACHE_EXPIRY_SECONDS,
     DEFAULT_MAX_CONCURRENCY,
@@ -80,7 +80,7 @@ class PartnersApiResource(ConfigurableResource):
             if name == "consumer_secret":
                 yield name, "***"
             else:
-                yield name, (mask_url_passwords(value) if isinstance(value, str) else value)
+                yield name, (mask_url(value) if isinstance(value, str) else value)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         for name, value in (

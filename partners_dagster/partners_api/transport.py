@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -217,19 +216,6 @@ def read_body_capped(response: requests.Response, limit: int) -> None:
         response.close()
         raise
     response._content = b"".join(chunks)
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-    except ValueError:
-        return "(an unparseable URL)"
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.exceptions
@@ -161,22 +160,6 @@ class SidekiqRedisUnavailableError(RuntimeError):
     def __init__(self, message: str, result: DeliveryResult):
         super().__init__(message)
         self.result = result
-
-
-def mask_redis_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (user names kept)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    except ValueError:
-        return "<unparseable Redis URL>"
 
 
 def describe_client(client: Any) -> str:

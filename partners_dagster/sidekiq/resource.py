@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ..settings import DEFAULT_GLOBALID_APP
+from ..privacy import mask_url, scrub_exception, scrub_secrets, unreadable_url_reason
+from ..settings import DEFAULT_GLOBALID_APP, ConfigurationError
 
 if TYPE_CHECKING:  # redis-py is imported when a client is made, not when definitions load.
     import redis
@@ -46,17 +47,28 @@ class SidekiqResource(ConfigurableResource):
 
     @property
     def masked_url(self) -> str | None:
-        from partners_dagster.sidekiq.delivery import mask_redis_url
-
-        return mask_redis_url(self.redis_url.strip()) if self.configured else None
+        return mask_url(self.redis_url.strip()) if self.configured else None
 
     def client(self) -> redis.Redis | None:
-        """A new redis-py client, or None when no URL is configured."""
+        """A new redis-py client, or None when no URL is configured. A URL redis-py cannot
+        read is a ``ConfigurationError`` naming the variable: redis-py's own message may quote
+        part of the password ("Port could not be cast to integer value as '...'")."""
         if not self.configured:
             return None
-        from partners_dagster.sidekiq.delivery import redis_client_from_url
+        from partners_dagster.sidekiq.delivery import REDIS_URL_VARIABLE, redis_client_from_url
 
-        return redis_client_from_url(self.redis_url.strip(), timeout_seconds=self.timeout_seconds)
+        url = self.redis_url.strip()
+        problem = unreadable_url_reason(url)
+        if problem is None:
+            try:
+                return redis_client_from_url(url, timeout_seconds=self.timeout_seconds)
+            except ValueError as error:
+                problem = scrub_secrets(f"{type(error).__name__}: {error}", url)
+        # Raised outside the except block, so that redis-py's error is not chained to it.
+        raise ConfigurationError(
+            f"{REDIS_URL_VARIABLE} is not a Redis URL redis-py can read "
+            f"({self.masked_url!r}): {problem}"
+        )
 
     def deliver(self, store: OutboxStore, *, now: datetime) -> DeliveryResult:
         """Deliver the outbox once (see ``partners_dagster.sidekiq.delivery.deliver``)."""
@@ -72,6 +84,10 @@ class SidekiqResource(ConfigurableResource):
                 redis_label=self.masked_url,
                 batch_size=self.batch_size,
             )
+        except Exception as error:
+            # redis-py's errors may quote the URL; its password is masked on the way out.
+            scrub_exception(error, self.redis_url)
+            raise
         finally:
             if client is not None:
                 client.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import uuid4
@@ -47,6 +47,9 @@ class ProgressCounts:
     complete_changed: int
     transitions_in_run: int
     transitions_from_complete: int
+    # Courses rolled back on a lock or statement timeout (course_uuid, title, error); the
+    # next night applies them.
+    courses_timed_out: list[dict] = field(default_factory=list)
 
     @property
     def never_decreased(self) -> bool:
@@ -77,6 +80,8 @@ def update_achievement_progress(
     line; ``on_course(done, total)`` is told after each course."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from ..teachcomputing.engine import is_lock_timeout
+
     now = now or datetime.now(UTC)
     catalogue = repository.catalogue()
     activities = catalogue.activities.set_index("activity_id")
@@ -92,6 +97,7 @@ def update_achievement_progress(
     counts: Counter = Counter()
     applied = 0
     plan = plan if plan is not None else NightPlan()
+    timed_out: list[dict] = []
     courses = latest.latest.groupby("activity_id", sort=True)
     for done, (activity_id, rows) in enumerate(courses, start=1):
         kept = rows[~rows["user_id"].isin(forgotten)]
@@ -113,13 +119,23 @@ def update_achievement_progress(
                 counts += _apply_course(
                     repository, kept, facts, programme_ids, enrolments_by_user, dry_run, plan
                 )
+                applied += 1
             except SQLAlchemyError as error:
-                raise CourseWriteError(
-                    f"database error on course {activity['course_uuid']} ({activity['title']!r}); "
-                    f"that course was rolled back, {applied} course(s) before it were applied: "
-                    f"{error.__class__.__name__}: {str(error).splitlines()[0][:300]}"
-                ) from error
-            applied += 1
+                if not is_lock_timeout(error):
+                    raise CourseWriteError(
+                        f"database error on course {activity['course_uuid']} "
+                        f"({activity['title']!r}); that course was rolled back, {applied} "
+                        f"course(s) before it were applied: "
+                        f"{error.__class__.__name__}: {str(error).splitlines()[0][:300]}"
+                    ) from error
+                # A row held locked elsewhere: this course is skipped, the rest go on.
+                timed_out.append(
+                    {
+                        "course_uuid": activity["course_uuid"],
+                        "title": activity["title"],
+                        "error": str(getattr(error, "orig", None) or error).splitlines()[0][:200],
+                    }
+                )
         if on_course is not None:
             on_course(done, courses.ngroups)
     audit = repository.run_audit(dagster_run_id)
@@ -140,6 +156,7 @@ def update_achievement_progress(
         complete_changed=counts["complete_changed"],
         transitions_in_run=audit["transitions"],
         transitions_from_complete=audit["transitions_from_complete"],
+        courses_timed_out=timed_out,
     )
 
 

@@ -293,11 +293,11 @@ def outbox(pending: bool, database_url: str | None) -> None:
 def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None) -> None:
     """The teachers whose FutureLearn membership names no account: membership, reason, external
     id (masked unless --show-emails), first seen, last looked up, enrolments and courses."""
-    from .unmatched import unmatched_memberships, unmatched_summary
+    from .unmatched import unmatched_memberships, unmatched_summary, write_unmatched_csv
 
     frame = unmatched_memberships(_repository(database_url), show_emails=show_emails)
     if csv_file:
-        frame.to_csv(csv_file, index=False)
+        write_unmatched_csv(frame, csv_file)
         click.echo(f"wrote {len(frame)} row(s) to {csv_file}")
     elif not frame.empty:
         shown = frame.assign(

@@ -9,11 +9,17 @@ remembered membership that matches a user now is not listed: tonight's run links
 
 from __future__ import annotations
 
+import csv
+
 import pandas as pd
 
 from ..privacy import mask_email
 from ..steps.membership_matching import MEMBERSHIP_COLUMNS, match_memberships
 from ..teachcomputing.repository import TeachComputingRepository
+
+# A cell starting with one of these is read as a formula by spreadsheet programs (OWASP's
+# "CSV injection"): an external id is whatever the learner typed, e.g. =HYPERLINK(...).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 NO_SUCH_USER = "no such user"
 AMBIGUOUS = "ambiguous"
@@ -116,6 +122,21 @@ def unmatched_summary(frame: pd.DataFrame) -> str:
     by = frame["reason"].value_counts()
     parts = ", ".join(f"{int(by.get(r, 0))} {r}" for r in REASONS)
     return f"{len(frame)} unmatched: {parts}"
+
+
+def neutralise_formula(value):
+    """``value`` with a single quote in front when it is text a spreadsheet would run as a
+    formula (starts with ``= + - @``, a tab or a carriage return); anything else unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_unmatched_csv(frame: pd.DataFrame, path: str) -> None:
+    """``frame`` as CSV for support staff, who open it in a spreadsheet: every text cell that
+    would run as a formula is neutralised (``neutralise_formula``), and every cell is quoted,
+    so that a carriage return inside one never splits its row."""
+    frame.astype(object).map(neutralise_formula).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
 
 
 def _masked(value):
