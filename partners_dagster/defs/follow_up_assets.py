@@ -7,11 +7,13 @@ import dagster as dg
 from ..sidekiq.resource import SidekiqResource
 from ..steps.follow_up_delivery import MAX_WAIT, RepositoryOutboxStore
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import GROUP
+from .constants import API_POOL, GROUP
+from .failures import fails_in_one_line
 
 
 @dg.asset(
     group_name=GROUP,
+    pool=API_POOL,
     kinds={"python", "redis"},
     deps=["achievement_progress"],
     check_specs=[
@@ -22,6 +24,7 @@ from .constants import GROUP
         )
     ],
 )
+@fails_in_one_line
 def follow_up_jobs(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,

@@ -11,11 +11,13 @@ from ..steps.course_reports import CourseEnrolments
 from ..steps.membership_lookup import look_up_memberships
 from ..steps.membership_matching import match_memberships
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import GROUP
+from .constants import API_POOL, GROUP
+from .failures import fails_in_one_line
 from .metadata import request_tally, table
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "pandas"})
+@dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"})
+@fails_in_one_line
 def organisation_memberships(
     context: dg.AssetExecutionContext,
     partners_api: PartnersApiResource,
@@ -59,6 +61,7 @@ def organisation_memberships(
 
 @dg.asset(
     group_name=GROUP,
+    pool=API_POOL,
     kinds={"python", "sql"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -68,6 +71,7 @@ def organisation_memberships(
         )
     ],
 )
+@fails_in_one_line
 def membership_links(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
+
+from .constants import MEMBERSHIPS_JOB, PROGRESS_JOB
 
 if TYPE_CHECKING:
     from ..partners_api.client import PartnersApiClient
@@ -26,6 +29,25 @@ def table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
     if len(frame) > limit:
         lines.append(f"\n_…and {len(frame) - limit} more_")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def content_version(*frames: pd.DataFrame) -> dg.DataVersion:
+    """A data version from what the frames hold, whatever the order of their rows.
+
+    Step 2 re-materializes the API assets; with Dagster's default (a new version per
+    materialization) every normal night left step 1's downstream assets "Unsynced". With the
+    content as the version, the same answers make the same version and nothing looks stale;
+    an answer that changed does, as it should."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(repr((list(frame.columns), len(frame))).encode())
+        try:
+            rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        except TypeError:  # unhashable cells (lists, dicts): hash their text instead
+            rows = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
+        # A sum (modulo 2**64) of the rows' hashes: the same rows in another order agree.
+        digest.update(int(rows.sum(dtype="uint64")).to_bytes(8, "little"))
+    return dg.DataVersion(digest.hexdigest()[:24])
 
 
 @contextmanager
@@ -47,3 +69,110 @@ def request_tally(client: PartnersApiClient) -> Iterator[dict]:
     tally["api_requests_by_endpoint"] = dg.MetadataValue.json(
         {e: c for e, c in per_endpoint.items() if any(c.values())}
     )
+
+
+# --- Network against cache, for the whole run ------------------------------------------------
+
+# The assets whose run reads the API, directly or by rebuilding an upstream value through the
+# response cache (a single asset materialized from the UI); follow_up_jobs never does.
+API_READING_ASSETS = (
+    "course_runs",
+    "course_enrolments",
+    "organisation_memberships",
+    "membership_links",
+    "latest_enrolments",
+    "achievement_progress",
+)
+NETWORK_CHECK = "answers_from_the_network"
+
+
+def run_request_counts(client: PartnersApiClient) -> dict[str, int]:
+    """The API answers of this run so far: the client lives as long as the run (every job,
+    and the UI's asset runs, execute in one process), so its counters are the run's."""
+    return {
+        "run_api_network_requests": client.stats.total("network"),
+        "run_api_cache_hits": client.stats.total("cache_hits"),
+        "run_api_retries": client.stats.total("retries"),
+    }
+
+
+def network_check_outcome(
+    counts: dict[str, int], *, expected_from_cache_by: str | None
+) -> tuple[bool, str]:
+    """Whether a run's API answers pass the check, and the sentence that says why.
+
+    A run that made no network request cannot tell whether the API is up: it passes only
+    when its answers are known to come from an earlier run of the same night that asked the
+    API (step 2 after step 1, the normal night)."""
+    network, cache = counts["run_api_network_requests"], counts["run_api_cache_hits"]
+    if network:
+        return True, f"{network} answer(s) from the network, {cache} from the response cache."
+    if expected_from_cache_by is not None:
+        return True, (
+            f"Every answer ({cache}) came from the response cache, filled by {expected_from_cache_by} "
+            "as on every normal night."
+        )
+    return False, (
+        f"This run made no network request: all {cache} answer(s) came from the response cache "
+        "(up to FL_PARTNERS_CACHE_EXPIRY_SECONDS old), so it cannot tell whether the Partners API "
+        "is up: check the API's status before trusting it."
+    )
+
+
+def _cache_filled_by(context: dg.AssetCheckExecutionContext) -> str | None:
+    """The earlier run whose network answers this run is expected to reuse: for a progress
+    run, the newest memberships run, when it succeeded and asked the API."""
+    if context.job_def.name != PROGRESS_JOB:
+        return None
+    records = context.instance.get_run_records(
+        dg.RunsFilter(job_name=MEMBERSHIPS_JOB), limit=1, order_by="create_timestamp"
+    )
+    if not records or records[0].dagster_run.status != dg.DagsterRunStatus.SUCCESS:
+        return None
+    run_id = records[0].dagster_run.run_id
+    events = context.instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=100
+    ).records
+    network = 0
+    for record in events:
+        materialization = record.event_log_entry.asset_materialization
+        value = materialization.metadata.get("api_network_requests") if materialization else None
+        network += int(value.value) if value is not None else 0
+    return f"memberships run {run_id}" if network else None
+
+
+def build_network_check() -> dg.AssetChecksDefinition:
+    """A warning when a run made no network request (every answer from the cache), on each
+    API-reading asset of the run, so that one materialized alone from the UI says it too."""
+    specs = [
+        dg.AssetCheckSpec(
+            NETWORK_CHECK,
+            asset=asset,
+            description="This run asked the Partners API over the network, or reused tonight's "
+            "answers as step 2 does; a warning when every answer came from the cache.",
+        )
+        for asset in API_READING_ASSETS
+    ]
+
+    @dg.multi_asset_check(
+        specs=specs,
+        can_subset=True,
+        name="api_answers_from_the_network",
+        required_resource_keys={"partners_api"},
+    )
+    def api_answers_from_the_network(context):  # an AssetCheckExecutionContext
+        counts = run_request_counts(context.resources.partners_api.client)
+        passed, description = network_check_outcome(
+            counts, expected_from_cache_by=_cache_filled_by(context)
+        )
+        for key in sorted(context.selected_asset_check_keys, key=str):
+            yield dg.AssetCheckResult(
+                asset_key=key.asset_key,
+                check_name=key.name,
+                passed=passed,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=description,
+                metadata=counts,
+            )
+
+    return api_answers_from_the_network

@@ -9,11 +9,13 @@ from ..steps.course_reports import CourseEnrolments
 from ..steps.latest_enrolment import LatestEnrolmentSet, select_latest_enrolments
 from ..steps.progress_update import update_achievement_progress
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import GROUP
+from .constants import API_POOL, GROUP
+from .failures import fails_in_one_line
 from .metadata import table
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "pandas"}, deps=["membership_links"])
+@dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"}, deps=["membership_links"])
+@fails_in_one_line
 def latest_enrolments(
     teachcomputing_db: TeachComputingDatabaseResource, course_enrolments: CourseEnrolments
 ) -> dg.MaterializeResult[LatestEnrolmentSet]:
@@ -40,6 +42,7 @@ def latest_enrolments(
 
 @dg.asset(
     group_name=GROUP,
+    pool=API_POOL,
     kinds={"python", "sql"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -49,6 +52,7 @@ def latest_enrolments(
         )
     ],
 )
+@fails_in_one_line
 def achievement_progress(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,

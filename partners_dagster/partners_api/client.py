@@ -284,6 +284,9 @@ class PartnersApiClient:
         self._thread_backends: list[requests_cache.BaseCache] = []
         self._local = threading.local()
         self.stats = RequestStats()
+        # Called before each retry's wait with (endpoint, attempt that failed, its error,
+        # seconds until the next attempt): the resource logs it while the retries go on.
+        self.on_retry: Callable[[str, int, BaseException | None, float], None] | None = None
 
     # -- public reads ----------------------------------------------------------------------
 
@@ -510,6 +513,9 @@ class PartnersApiClient:
 
             def count_retry(state: RetryCallState) -> None:
                 self.stats.add(endpoint, "retries")
+                if self.on_retry is not None:
+                    error = state.outcome.exception() if state.outcome else None
+                    self.on_retry(endpoint, state.attempt_number, error, state.upcoming_sleep)
 
             retrying = Retrying(
                 stop=stop,

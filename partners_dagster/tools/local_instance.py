@@ -8,7 +8,21 @@ from pathlib import Path
 from ..defs.constants import CODE_LOCATION, DEFINITIONS_MODULE
 
 INSTANCE_YAML = """\
-# A local Dagster instance: SQLite storage in this folder, no telemetry.
+# A local Dagster instance: SQLite storage in this folder, no telemetry, and the guard rails
+# of the production instance (dagster.yaml) for the runs the UI launches: one run at a time
+# holds the night's pool or the API tag, a maximum run time, and run monitoring.
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: partners_dagster/partners_api
+        limit: 1
+  pools:
+    granularity: run
+    default_limit: 1
+run_monitoring:
+  enabled: true
+  max_runtime_seconds: 10800
+  poll_interval_seconds: 30
 telemetry:
   enabled: false
 """
