@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from partners_dagster.definitions import build_definitions
+from partners_dagster.sandbox.dataset import advance_night
 from partners_dagster.sidekiq.resource import SidekiqResource
 from partners_dagster.teachcomputing.resource import TeachComputingDatabaseResource
 
@@ -121,3 +122,87 @@ def test_a_bug_keeps_its_stack_trace():
 
     with pytest.raises(KeyError):
         broken()
+
+
+# --- No false "Unsynced" ----------------------------------------------------------------------
+
+
+def _stale_statuses(night: Night) -> dict[str, str]:
+    """Each asset's staleness as the UI computes it (its GraphQL `staleStatus` uses this
+    resolver on the instance and the asset graph)."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.loader import LoadingContextForTest
+
+    resolver = CachingStaleStatusResolver(
+        night.instance, night.defs.resolve_asset_graph(), LoadingContextForTest(night.instance)
+    )
+    return {
+        key.to_user_string(): resolver.get_status(key).value
+        for key in night.defs.resolve_asset_graph().get_all_asset_keys()
+    }
+
+
+def test_step_two_leaves_step_ones_assets_up_to_date(night):
+    night.both_steps()
+    statuses = _stale_statuses(night)
+    assert statuses == dict.fromkeys(statuses, "FRESH"), statuses
+
+
+def test_a_changed_api_answer_still_makes_step_ones_assets_stale(night):
+    night.run(MEMBERSHIPS)
+    night.resources["partners_api"].client.clear_cache()
+    with night.api._lock:  # the next night's data, as the sandbox's /advance makes it
+        advance_night(night.api.dataset, 2)
+        night.api._index_memberships()
+    night.run(PROGRESS)
+    statuses = _stale_statuses(night)
+    assert statuses["organisation_memberships"] == "STALE"
+    assert statuses["course_runs"] == "FRESH"
+
+
+# --- Network against cache -------------------------------------------------------------------
+
+
+def _checks(result: dg.ExecuteInProcessResult, name: str) -> dict[str, dg.AssetCheckEvaluation]:
+    return {
+        e.asset_check_evaluation_data.asset_key.to_user_string(): e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        and e.asset_check_evaluation_data.check_name == name
+    }
+
+
+def test_a_run_that_asked_the_network_nothing_warns_and_a_normal_night_does_not(night):
+    first, second = night.both_steps()
+    for result in (first, second):
+        checks = _checks(result, "answers_from_the_network")
+        assert checks and all(c.passed for c in checks.values()), checks
+    assert {k: v.value for k, v in checks["achievement_progress"].metadata.items()}[
+        "run_api_network_requests"
+    ] == 0  # step 2 read tonight's answers from the cache, as it should
+    again = night.run(MEMBERSHIPS)
+    checks = _checks(again, "answers_from_the_network")
+    assert set(checks) == {
+        "course_runs",
+        "course_enrolments",
+        "organisation_memberships",
+        "membership_links",
+    }
+    for check in checks.values():
+        assert not check.passed
+        assert check.severity == dg.AssetCheckSeverity.WARN
+        assert "no network request" in check.description
+
+
+def test_a_single_asset_rebuild_reports_the_runs_network_and_cache_counts(night):
+    night.both_steps()
+    job = night.defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("latest_enrolments")}
+    )
+    result = job.execute_in_process(instance=night.instance)
+    (check,) = _checks(result, "answers_from_the_network").values()
+    counts = {k: v.value for k, v in check.metadata.items()}
+    # Rebuilding course_runs and course_enrolments read every answer from the cache.
+    assert counts["run_api_network_requests"] == 0
+    assert counts["run_api_cache_hits"] > 0
+    assert not check.passed
