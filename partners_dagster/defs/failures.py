@@ -63,7 +63,7 @@ def api_failure(error: PartnersApiError) -> dg.Failure:
     if isinstance(error, UnauthorizedError):
         check = "check FL_PARTNERS_CONSUMER_KEY and FL_PARTNERS_CONSUMER_SECRET"
         what = "token refused"
-    elif isinstance(error, (MalformedResponseError, ResponseTooLargeError)):
+    elif isinstance(error, MalformedResponseError | ResponseTooLargeError):
         check = "check the Partners API's status; the answer was not the documented one"
         what = "unreadable answer"
     elif isinstance(error, DeadlineExceededError):
@@ -111,9 +111,7 @@ def sidekiq_failure(error: BaseException) -> dg.Failure:
     cause = error.__cause__ or error
     last_error = _one_line(f"{type(cause).__name__}: {cause}")
     result = getattr(error, "result", None)  # delivery's SidekiqRedisUnavailableError
-    counts = (
-        {"delivered": result.delivered_total, "waiting": result.waiting} if result else {}
-    )
+    counts = {"delivered": result.delivered_total, "waiting": result.waiting} if result else {}
     progress = (
         f" {counts['delivered']} job(s) delivered, {counts['waiting']} wait in the outbox."
         if counts
@@ -121,14 +119,19 @@ def sidekiq_failure(error: BaseException) -> dg.Failure:
     )
     return dg.Failure(
         description=f"Sidekiq's Redis unreachable.{progress} Last error: {last_error}. To fix: {SIDEKIQ_CHECK}.",
-        metadata={"service": "Sidekiq Redis", **counts, "last_error": last_error, "check": SIDEKIQ_CHECK},
+        metadata={
+            "service": "Sidekiq Redis",
+            **counts,
+            "last_error": last_error,
+            "check": SIDEKIQ_CHECK,
+        },
         allow_retries=False,
     )
 
 
 def _is_database_outage(error: BaseException) -> bool:
     exc = sys.modules.get("sqlalchemy.exc")
-    return exc is not None and isinstance(error, (exc.OperationalError, exc.InterfaceError))
+    return exc is not None and isinstance(error, exc.OperationalError | exc.InterfaceError)
 
 
 def _is_redis_outage(error: BaseException) -> bool:
@@ -137,7 +140,7 @@ def _is_redis_outage(error: BaseException) -> bool:
         return True
     exceptions = sys.modules.get("redis.exceptions")
     return exceptions is not None and isinstance(
-        error, (exceptions.ConnectionError, exceptions.TimeoutError)
+        error, exceptions.ConnectionError | exceptions.TimeoutError
     )
 
 

@@ -3,6 +3,10 @@ its instance file and of the workspace that names this code location."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 from ..defs.constants import CODE_LOCATION, DEFINITIONS_MODULE
@@ -47,3 +51,42 @@ def write_workspace(path: Path) -> Path:
     """The workspace file (the same as the repository's ``workspace.yaml``) at ``path``."""
     path.write_text(WORKSPACE_YAML)
     return path
+
+
+# How long `dagster dev` may take to stop its webserver, daemon and code servers after SIGINT
+# before what is left of its session is killed.
+STOP_GRACE_SECONDS = 30.0
+
+
+def run_until_stopped(command: list[str], env: dict[str, str]) -> int:
+    """Runs ``command`` (``dagster dev``) until it exits or this process is told to stop,
+    by Ctrl-C (SIGINT) or SIGTERM (a service manager, ``kill``, a container stop). Either way
+    ``dagster dev`` gets SIGINT, which stops its webserver, daemon and code servers in order;
+    whatever of its session is still there after ``STOP_GRACE_SECONDS`` is killed. Returns
+    its exit status, 0 when it was told to stop."""
+    # A session of its own: a Ctrl-C in the terminal reaches it once, from here, not twice.
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    stop_asked: list[int] = []
+
+    def ask_to_stop(signum: int, _frame: object) -> None:
+        stop_asked.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+
+    previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop_asked:
+            try:
+                return process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_GRACE_SECONDS)
+        # dagster dev's children share its session; none may outlive it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
