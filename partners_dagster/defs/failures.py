@@ -59,7 +59,10 @@ def _attempts(error: PartnersApiError) -> int | None:
 def api_failure(error: PartnersApiError) -> dg.Failure:
     """The step's failure for a Partners API error the client could not get past."""
     attempts = _attempts(error)
-    last_error = _one_line(str(error))
+    # The client's message starts with the endpoint and the attempts, said already.
+    last_error = _one_line(
+        re.sub(rf"^{re.escape(error.endpoint)}: (gave up after \d+ attempts: )?", "", str(error))
+    )
     if isinstance(error, UnauthorizedError):
         check = "check FL_PARTNERS_CONSUMER_KEY and FL_PARTNERS_CONSUMER_SECRET"
         what = "token refused"
