@@ -54,6 +54,7 @@ CREDENTIALS = {
 }
 START_SECONDS = 300  # the demo's setup and two runs, then dagster dev, on a busy 2-core machine
 RUN_SECONDS = 180
+UI_COMMAND = [sys.executable, "-m", "partners_dagster.tools.cli", "ui", "--scale", "tiny"]
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists() or shutil.which("chromium") is None,
@@ -78,8 +79,7 @@ class Ui:
         for name in ("SENTRY_DSN", "SLACK_BOT_TOKEN", "SLACK_CHANNEL", "DAGSTER_HOME"):
             env.pop(name, None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "partners_dagster.tools.cli", "ui", "--scale", "tiny"]
-            + ["--port", str(self.port)],
+            [*UI_COMMAND, "--port", str(self.port)],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
