@@ -206,3 +206,42 @@ def test_a_single_asset_rebuild_reports_the_runs_network_and_cache_counts(night)
     assert counts["run_api_network_requests"] == 0
     assert counts["run_api_cache_hits"] > 0
     assert not check.passed
+
+
+# --- The night in one entry ------------------------------------------------------------------
+
+
+def _materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == asset
+    ]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_the_last_asset_of_each_job_sums_up_the_night(night):
+    memberships, progress = night.both_steps()
+    step_one = _materialization(memberships, "membership_links")["night_summary"]
+    assert "| memberships linked |" in step_one and "| unmatched | no such user" in step_one
+    assert "| Partners API answers | network " in step_one
+    step_two = _materialization(progress, "follow_up_jobs")["night_summary"]
+    achievements = _materialization(progress, "achievement_progress")
+    assert (
+        f"created {achievements['achievements_created']} · "
+        f"progressed {achievements['achievements_progressed']} · "
+        f"completed {achievements['achievements_completed']}"
+    ) in step_two
+    waiting = _materialization(progress, "follow_up_jobs")["waiting"]
+    assert waiting > 0
+    assert f"waiting {waiting} (**Follow-up jobs wait and TEACHCOMPUTING_SIDEKIQ_REDIS_URL" in (
+        step_two
+    )
+
+
+def test_outbox_drained_warns_when_jobs_wait_and_no_sidekiq_is_set(night):
+    _, progress = night.both_steps()
+    (check,) = _checks(progress, "outbox_drained").values()
+    assert not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert "TEACHCOMPUTING_SIDEKIQ_REDIS_URL is not set" in check.description

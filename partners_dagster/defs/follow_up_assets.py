@@ -9,6 +9,7 @@ from ..steps.follow_up_delivery import MAX_WAIT, RepositoryOutboxStore
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
+from .metadata import NO_SIDEKIQ, with_night_summary
 
 
 @dg.asset(
@@ -41,7 +42,8 @@ def follow_up_jobs(
             "TEACHCOMPUTING_SIDEKIQ_REDIS_URL is not set"
         )
     oldest = result.oldest_waiting_age
-    return dg.MaterializeResult(
+    waiting = result.waiting
+    materialized = dg.MaterializeResult(
         metadata={
             "delivered": result.delivered_total,
             "delivered_by_job_class": dg.MetadataValue.json(result.delivered),
@@ -53,9 +55,13 @@ def follow_up_jobs(
         check_results=[
             dg.AssetCheckResult(
                 check_name="outbox_drained",
-                passed=oldest is None or oldest <= MAX_WAIT,
+                # Jobs waiting with no Sidekiq to take them will not leave tomorrow either.
+                passed=(oldest is None or oldest <= MAX_WAIT)
+                and (sidekiq.configured or not waiting),
                 severity=dg.AssetCheckSeverity.WARN,
+                description=None if sidekiq.configured or not waiting else NO_SIDEKIQ,
                 metadata={"waiting": result.waiting},
             )
         ],
     )
+    return with_night_summary(context, materialized)

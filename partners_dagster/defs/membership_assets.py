@@ -13,7 +13,7 @@ from ..steps.membership_matching import match_memberships
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
-from .metadata import request_tally, table
+from .metadata import request_tally, table, with_night_summary
 
 
 @dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"})
@@ -100,7 +100,7 @@ def membership_links(
         external_learner_id=matches.ambiguous["external_learner_id"].map(mask_email)
     )
     not_found = int((organisation_memberships["fetch_status"] == "not_found").sum())
-    return dg.MaterializeResult(
+    materialized = dg.MaterializeResult(
         metadata={
             "memberships_linked": result.created,
             "linked_by_id": int(by.get("id", 0)),
@@ -126,3 +126,4 @@ def membership_links(
             )
         ],
     )
+    return with_night_summary(context, materialized)

@@ -186,3 +186,101 @@ def build_network_check() -> dg.AssetChecksDefinition:
             )
 
     return api_answers_from_the_network
+
+
+# --- The night in one entry ------------------------------------------------------------------
+
+
+def _run_metadata(context: dg.AssetExecutionContext) -> dict[str, dict]:
+    """Each asset materialized so far in this run: its metadata, as plain values."""
+    records = context.instance.get_records_for_run(
+        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=100
+    ).records
+    found: dict[str, dict] = {}
+    for record in records:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None:
+            found[materialization.asset_key.to_user_string()] = {
+                key: value.value for key, value in materialization.metadata.items()
+            }
+    return found
+
+
+def night_summary(assets: dict[str, dict], *, job: str, run_id: str) -> str:
+    """What the run did, in one markdown table: what `make demo` prints, from the
+    materializations' own metadata (``assets``: asset name -> metadata values)."""
+
+    def value(asset: str, key: str) -> int:
+        return int(assets.get(asset, {}).get(key, 0) or 0)
+
+    rows: list[tuple[str, str]] = []
+    if "membership_links" in assets:
+        rows.append(
+            (
+                "memberships linked",
+                f"{value('membership_links', 'memberships_linked')} "
+                f"(by id {value('membership_links', 'linked_by_id')}, "
+                f"by email {value('membership_links', 'linked_by_email')})",
+            )
+        )
+        rows.append(
+            (
+                "unmatched",
+                f"no such user {value('membership_links', 'unmatched_no_such_user')} · "
+                f"ambiguous {value('membership_links', 'unmatched_ambiguous')} · "
+                f"membership not found {value('membership_links', 'unmatched_membership_not_found')}",
+            )
+        )
+    if "achievement_progress" in assets:
+        rows.append(
+            (
+                "achievements",
+                f"created {value('achievement_progress', 'achievements_created')} · "
+                f"progressed {value('achievement_progress', 'achievements_progressed')} · "
+                f"completed {value('achievement_progress', 'achievements_completed')} · "
+                f"dropped {value('achievement_progress', 'achievements_dropped')} · "
+                f"courses skipped {value('achievement_progress', 'courses_skipped')}",
+            )
+        )
+    if "follow_up_jobs" in assets:
+        waiting = value("follow_up_jobs", "waiting")
+        configured = assets["follow_up_jobs"].get("sidekiq_configured", True)
+        rows.append(
+            (
+                "follow-up jobs",
+                f"queued {value('achievement_progress', 'follow_up_jobs_queued')} · "
+                f"delivered {value('follow_up_jobs', 'delivered')} · waiting {waiting}"
+                + ("" if configured or not waiting else f" (**{NO_SIDEKIQ}**)"),
+            )
+        )
+    network = sum(value(a, "api_network_requests") for a in assets)
+    cache = sum(value(a, "api_cache_hits") for a in assets)
+    retries = sum(value(a, "api_retries") for a in assets)
+    rows.append(("Partners API answers", f"network {network} · cache {cache} · retries {retries}"))
+    lines = [f"**{job}**, run `{run_id[:8]}`", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {text} |" for name, text in rows]
+    return "\n".join(lines)
+
+
+def with_night_summary(
+    context: dg.AssetExecutionContext, materialized: dg.MaterializeResult
+) -> dg.MaterializeResult:
+    """``materialized`` with ``night_summary`` added to its metadata: the last asset of each
+    job carries it, so that one entry tells on-call what the night did."""
+    metadata = dict(materialized.metadata or {})
+    own = {k: v.value if isinstance(v, dg.MetadataValue) else v for k, v in metadata.items()}
+    assets = {**_run_metadata(context), context.asset_key.to_user_string(): own}
+    text = night_summary(assets, job=context.job_def.name, run_id=context.run.run_id)
+    return dg.MaterializeResult(
+        asset_key=materialized.asset_key,
+        metadata={**metadata, "night_summary": dg.MetadataValue.md(text)},
+        check_results=materialized.check_results,
+        data_version=materialized.data_version,
+        tags=materialized.tags,
+        value=materialized.value,
+    )
+
+
+NO_SIDEKIQ = (
+    "Follow-up jobs wait and TEACHCOMPUTING_SIDEKIQ_REDIS_URL is not set: nothing delivers them."
+)
