@@ -92,14 +92,20 @@ def api_failure(error: PartnersApiError) -> dg.Failure:
     )
 
 
+# What drivers say when the database cannot be reached at all (psycopg2, sqlite3).
+UNREACHABLE_WORDS = ("connect", "could not translate host", "unable to open database", "timeout")
+
+
 def database_failure(error: BaseException) -> dg.Failure:
     """The step's failure when the Teach Computing database cannot be reached."""
     cause = getattr(error, "orig", None) or error
     # The driver's message names the host and why; SQLAlchemy's own adds the statement and
     # its parameters, which may hold a teacher's email: only the driver's first line is kept.
     last_error = _one_line(str(cause).strip().splitlines()[0] if str(cause).strip() else "")
+    unreachable = any(word in last_error.lower() for word in UNREACHABLE_WORDS)
+    what = "unreachable" if unreachable else "failed"
     return dg.Failure(
-        description=f"Teach Computing database unreachable. Last error: {type(cause).__name__}: {last_error}. To fix: {DATABASE_CHECK}.",
+        description=f"Teach Computing database {what}. Last error: {type(cause).__name__}: {last_error}. To fix: {DATABASE_CHECK}.",
         metadata={
             "service": "Teach Computing database",
             "last_error": f"{type(cause).__name__}: {last_error}",
