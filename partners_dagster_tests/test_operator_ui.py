@@ -5,7 +5,12 @@ UI. Real parts: the sandbox API over HTTP, SQLite, Redis, and real Dagster insta
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
+import threading
+import time
 
 import dagster as dg
 import pytest
@@ -245,3 +250,44 @@ def test_outbox_drained_warns_when_jobs_wait_and_no_sidekiq_is_set(night):
     assert not check.passed
     assert check.severity == dg.AssetCheckSeverity.WARN
     assert "TEACHCOMPUTING_SIDEKIQ_REDIS_URL is not set" in check.description
+
+
+# --- `partners-dagster ui` stops -------------------------------------------------------------
+
+# Stands in for `dagster dev`: starts a child that would outlive it, says so, and waits; on
+# SIGINT it exits at once, as a process that forgets its children would.
+FAKE_DAGSTER_DEV = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(child.pid, flush=True)
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_ui_stops_dagster_dev_and_everything_it_started(signum, tmp_path, monkeypatch):
+    import psutil
+
+    from partners_dagster.tools import local_instance
+
+    monkeypatch.setattr(local_instance, "STOP_GRACE_SECONDS", 2.0)
+    out = tmp_path / "child.pid"
+    script = FAKE_DAGSTER_DEV.replace(
+        "print(child.pid, flush=True)", f"open({str(out)!r}, 'w').write(str(child.pid))"
+    )
+    started = time.monotonic()
+
+    def signal_me_once_the_child_runs():
+        while not out.exists() or not out.read_text():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=signal_me_once_the_child_runs, daemon=True).start()
+    status = local_instance.run_until_stopped([sys.executable, "-c", script], dict(os.environ))
+    assert status == 0
+    assert time.monotonic() - started < 60
+    grandchild = int(out.read_text())
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie"
