@@ -263,17 +263,28 @@ print(child.pid, flush=True)
 try:
     time.sleep(120)
 except KeyboardInterrupt:
+    open(sys.argv[1], "w").write("stopped cleanly")
     sys.exit(0)
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_the_ui_stops_dagster_dev_and_everything_it_started(signum, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("signum", "started_in_the_background"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c", "sigterm", "sigterm-started-by-a-script"],
+)
+def test_the_ui_stops_dagster_dev_and_everything_it_started(
+    signum, started_in_the_background, tmp_path, monkeypatch
+):
     import psutil
 
     from partners_dagster.tools import local_instance
 
-    monkeypatch.setattr(local_instance, "STOP_GRACE_SECONDS", 2.0)
+    monkeypatch.setattr(local_instance, "STOP_GRACE_SECONDS", 5.0)
+    if started_in_the_background:
+        # A shell script's `cmd &` starts cmd with SIGINT ignored.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    marker = tmp_path / "stopped"
     out = tmp_path / "child.pid"
     script = FAKE_DAGSTER_DEV.replace(
         "print(child.pid, flush=True)", f"open({str(out)!r}, 'w').write(str(child.pid))"
@@ -286,8 +297,15 @@ def test_the_ui_stops_dagster_dev_and_everything_it_started(signum, tmp_path, mo
         os.kill(os.getpid(), signum)
 
     threading.Thread(target=signal_me_once_the_child_runs, daemon=True).start()
-    status = local_instance.run_until_stopped([sys.executable, "-c", script], dict(os.environ))
+    try:
+        status = local_instance.run_until_stopped(
+            [sys.executable, "-c", script, str(marker)], dict(os.environ)
+        )
+    finally:
+        if started_in_the_background:
+            signal.signal(signal.SIGINT, previous)
     assert status == 0
+    assert marker.read_text() == "stopped cleanly"
     assert time.monotonic() - started < 60
     grandchild = int(out.read_text())
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie"

@@ -64,17 +64,26 @@ def run_until_stopped(command: list[str], env: dict[str, str]) -> int:
     ``dagster dev`` gets SIGINT, which stops its webserver, daemon and code servers in order;
     whatever of its session is still there after ``STOP_GRACE_SECONDS`` is killed. Returns
     its exit status, 0 when it was told to stop."""
-    # A session of its own: a Ctrl-C in the terminal reaches it once, from here, not twice.
-    process = subprocess.Popen(command, env=env, start_new_session=True)
     stop_asked: list[int] = []
+    started: list[subprocess.Popen] = []
 
     def ask_to_stop(signum: int, _frame: object) -> None:
         stop_asked.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
 
+    # Handled here before the start: a handled signal is back to its default in the new
+    # program, while an ignored one stays ignored. Started in the background by a script,
+    # this process has SIGINT ignored, and dagster dev, which makes SIGTERM do what SIGINT
+    # does, would then ignore both.
     previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # A session of its own: a Ctrl-C in the terminal reaches it once, from here.
+        process = subprocess.Popen(command, env=env, start_new_session=True)
+        started.append(process)
+        if stop_asked:  # asked before it started
+            ask_to_stop(stop_asked[0], None)
         while not stop_asked:
             try:
                 return process.wait(timeout=0.5)
