@@ -2,6 +2,19 @@
 #   docker build -t partners-dagster:<git sha> .
 # No secret is baked in: every setting comes from the environment at run time
 # (deploy/compose/.env.example, or Kubernetes Secrets through deploy/helm/values.yaml).
+# scripts/check_deployment.sh builds this file unchanged and runs it (compose and Kubernetes).
+
+# Stage 1: build the project's wheel. The source, build/ and *.egg-info stay in this stage.
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml setup.cfg README.md ./
+COPY partners_dagster ./partners_dagster
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+# Stage 2: the image that runs. It holds the installed package only (site-packages, owned by
+# root, so the runtime user cannot change the code), never the source folder: nothing on the
+# working directory's path can shadow the installed package.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,18 +28,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 dagster \
     && useradd --system --uid 10001 --gid dagster --home-dir /opt/dagster --shell /usr/sbin/nologin dagster
 
-WORKDIR /opt/dagster/app
-COPY pyproject.toml setup.cfg README.md ./
-COPY partners_dagster ./partners_dagster
-# The project pins Dagster and its libraries exactly (pyproject.toml); `pip install .` installs
-# the package itself, not in editable mode, so the source folder is not needed at run time.
-RUN pip install . \
-    && pip check
+# The project pins Dagster and its libraries exactly (pyproject.toml), dagster-k8s included
+# (the Helm values launch every run as a pod with the K8sRunLauncher).
+COPY --from=build /wheels /tmp/wheels
+RUN pip install /tmp/wheels/*.whl \
+    && pip check \
+    && rm -rf /tmp/wheels
 
+# The instance and the workspace stay root's: read-only for the runtime user, who may write
+# only in DAGSTER_HOME (storage/ holds the compute logs; compose mounts a volume shared with
+# the webserver there) and the data folder.
+WORKDIR /opt/dagster/app
 COPY dagster.yaml workspace.yaml ./
-RUN mkdir -p "$DAGSTER_HOME" "$PARTNERS_DAGSTER_DATA" \
+RUN mkdir -p "$DAGSTER_HOME/storage" "$PARTNERS_DAGSTER_DATA" \
     && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml" \
-    && chown -R dagster:dagster /opt/dagster
+    && chown dagster:dagster "$DAGSTER_HOME" "$DAGSTER_HOME/storage" "$PARTNERS_DAGSTER_DATA"
 
 USER 10001:10001
 EXPOSE 3000 4000

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo ui test lint format bench clean
+.PHONY: demo ui test test-fast test-services lint format bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,22 @@ demo: $(BIN)/.installed  ## run both nightly jobs end to end on the embedded def
 ui: $(BIN)/.installed  ## the demo's setup, then the Dagster UI on it
 	$(BIN)/partners-dagster ui
 
-test: $(BIN)/.installed  ## lint, then every test
+# Workers for `make test` (pytest-xdist): `auto` is one per core; WORKERS=0 runs in one process.
+WORKERS ?= auto
+# The fast layer: the business rules, the API's records, the steps and the Sidekiq payloads.
+FAST_TESTS := $(addprefix partners_dagster_tests/,test_rules.py test_partners_api_records.py \
+	test_steps.py test_sidekiq_payload.py)
+
+test: $(BIN)/.installed test-services  ## lint, then every test, one worker per core
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
+
+test-fast: $(BIN)/.installed  ## the rules, records, steps and payloads tests: seconds
+	$(BIN)/python -m pytest -q $(FAST_TESTS)
+
+test-services:  ## install Redis, Ruby's Sidekiq and compose for the tests when missing and allowed
+	@bash scripts/ensure_test_services.sh
 
 bench: $(BIN)/.installed
 	$(BIN)/partners-dagster bench --scale $(or $(SCALE),small)

@@ -22,7 +22,7 @@ def _env_or(name: str, default: str) -> str | dg.EnvVar:
 
 
 def build_resources() -> dict:
-    """The resources, configured from the environment now (DESIGN.md, "Environment")."""
+    """The resources, configured from the environment now (docs/contracts.md, "Environment")."""
     from . import settings
     from .partners_api.resource import PartnersApiResource
     from .sidekiq.resource import SidekiqResource
@@ -91,10 +91,13 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
 
 
 def with_io_manager(resources: dict) -> dict:
-    """The resources plus the IO manager that keeps asset values off the disk (see
-    defs/io_manager.py), unless the caller brought its own."""
+    """The resources plus the operator controls (``run_options``, defaults: a normal night)
+    and the IO manager that keeps asset values off the disk (see defs/io_manager.py),
+    unless the caller brought its own."""
     from .defs.io_manager import RebuildingIOManager
+    from .defs.run_options import RunOptions
 
+    resources = {"run_options": RunOptions(), **resources}
     if "io_manager" in resources:
         return resources
     return {

@@ -1,4 +1,4 @@
-"""The business rules of DESIGN.md as plain functions: no Dagster, no database.
+"""The business rules of docs/rules.md as plain functions: no Dagster, no database.
 
 Each rule fixes a bug the earlier Ruby jobs had; the docstrings say which.
 """
@@ -143,6 +143,61 @@ def user_ids_by_email(ids: Iterable[str], emails: Iterable[str | None]) -> dict[
     return by_email
 
 
+@dataclass(frozen=True)
+class LinkPlan:
+    links: pd.DataFrame  # to make: membership_uuid, user_id, matched_by
+    already_linked: int  # in the matched user's array already
+    conflicts: list[
+        dict
+    ]  # in another user's array: membership_uuid, linked_user_id, matched_user_id
+
+
+def plan_links(matches: pd.DataFrame, held: pd.DataFrame) -> LinkPlan:
+    """The users' arrays are the truth. ``matches``: membership_uuid, user_id, matched_by;
+    ``held``: membership_uuid, user_id of every array entry. A match whose membership no
+    array holds is to be linked, whatever old link row names it (the website removed it,
+    or deleted or forgot its user: it is matched again like any other). One in the matched
+    user's array is already linked; one in another user's array is never moved: a conflict.
+    """
+    holder = dict(zip(held["membership_uuid"], held["user_id"], strict=True))
+    in_array = matches["membership_uuid"].map(holder)
+    new = matches[in_array.isna()].reset_index(drop=True)
+    elsewhere = matches[in_array.notna() & (in_array != matches["user_id"])]
+    return LinkPlan(
+        links=new,
+        already_linked=int((in_array == matches["user_id"]).sum()),
+        conflicts=[
+            {"membership_uuid": m, "linked_user_id": holder[m], "matched_user_id": u}
+            for m, u in zip(elsewhere["membership_uuid"], elsewhere["user_id"], strict=True)
+        ],
+    )
+
+
+def lookups_naming_forgotten_users(lookups: pd.DataFrame, users: pd.DataFrame) -> list[str]:
+    """The remembered lookups (membership_uuid, external_learner_id) whose external id names
+    a forgotten user, by id or email, and no user who is not forgotten: their email must go
+    (a forgotten user leaves no trace of their identity). ``users``: id, email, forgotten."""
+    forgotten = users[users["forgotten"].astype(bool)]
+    if forgotten.empty:
+        return []
+    live = users[~users["forgotten"].astype(bool)]
+    forgotten_ids, forgotten_emails = (
+        set(forgotten["id"]),
+        user_ids_by_email(forgotten["id"], forgotten["email"]),
+    )
+    live_ids, live_emails = set(live["id"]), user_ids_by_email(live["id"], live["email"])
+    naming = []
+    for membership_uuid, external in zip(
+        lookups["membership_uuid"], lookups["external_learner_id"], strict=True
+    ):
+        if not isinstance(external, str):
+            continue
+        names_forgotten = match_user(external, forgotten_ids, forgotten_emails).matched_by
+        if names_forgotten and match_user(external, live_ids, live_emails).matched_by is None:
+            naming.append(membership_uuid)
+    return naming
+
+
 def lookup_due_at(membership_uuid: str, fetched_at: datetime, refresh_days: float) -> datetime:
     """When a remembered lookup of an unlinked membership is asked for again: somewhere
     between N/2 and N days after it was made (N = ``refresh_days``), the point fixed by a
@@ -159,6 +214,19 @@ def lookup_due_at(membership_uuid: str, fetched_at: datetime, refresh_days: floa
     digest = int(hashlib.blake2b(key, digest_size=8).hexdigest(), 16)
     share = digest / 2**64  # uniform in [0, 1), fixed for this lookup
     return fetched_at + timedelta(days=refresh_days * (0.5 + 0.5 * share))
+
+
+# -- reports read whole ----------------------------------------------------------------------
+
+
+def report_shrank(remembered: int | None, enrolments: int) -> bool:
+    """A run's report that shrinks counts as not read whole: empty when the last accepted
+    one was not, or under half as many enrolments. Otherwise an API glitch that empties the
+    newest run would make an older, abandoned enrolment the latest and drop the learner.
+    ``remembered`` None: the run was never read, any size is accepted."""
+    if remembered is None or remembered <= 0:
+        return False
+    return enrolments == 0 or enrolments * 2 < remembered
 
 
 # -- the latest enrolment --------------------------------------------------------------------
@@ -339,7 +407,7 @@ def completion_jobs(
     now: datetime,
     globalid_app: str,
 ) -> list[FollowUpJob]:
-    """What the website queues when an achievement moves to ``complete`` (DESIGN.md,
+    """What the website queues when an achievement moves to ``complete`` (docs/follow-up-jobs.md,
     "Follow-up jobs"). A complete achievement never changes, so each job's key is the
     achievement's completion: each is queued once."""
 

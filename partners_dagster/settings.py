@@ -1,6 +1,6 @@
 """The one place that reads this project's environment.
 
-Everything configurable is named in DESIGN.md ("Environment"). Secrets are not
+Everything configurable is named in docs/contracts.md ("Environment"). Secrets are not
 read here: they reach the API resource through ``dagster.EnvVar`` so that they
 never appear in Dagster's run config or logs.
 """

@@ -16,7 +16,8 @@ from partners_dagster.sandbox import (
     generate,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# Hand-made Partners API answers in the recorded shape (fixtures/partners_api/README.md).
+RECORDED = Path(__file__).resolve().parent / "fixtures" / "partners_api"
 
 
 def pytest_sessionstart(session):
@@ -25,15 +26,14 @@ def pytest_sessionstart(session):
     import shutil
 
     if os.environ.get("CI"):
-        missing = [name for name in ("redis-server", "ruby") if shutil.which(name) is None]
+        missing = [
+            name for name in ("redis-server", "ruby", "chromium") if shutil.which(name) is None
+        ]
         if missing:
             pytest.exit(
                 f"CI must provide {', '.join(missing)}: run scripts/install_test_services.sh",
                 returncode=1,
             )
-
-
-RECORDED = SHARED / "partners-api" / "recorded"
 
 
 @pytest.fixture(scope="session")

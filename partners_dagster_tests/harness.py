@@ -172,6 +172,18 @@ class Night:
             name: f.sort_values(list(f.columns), ignore_index=True) for name, f in frames.items()
         }
 
+    def every_row(self) -> dict[str, list[str]]:
+        """Every row of every table, ours and the website's, sorted: what a night that must
+        write nothing has to leave exactly as it was."""
+        from sqlalchemy import text
+
+        tables = {}
+        with self.engine.connect() as connection:
+            for name in sorted(inspect(self.engine).get_table_names()):
+                rows = connection.execute(text(f'SELECT * FROM "{name}"')).all()
+                tables[name] = sorted(repr(tuple(row)) for row in rows)
+        return tables
+
     def achievement_keys(self) -> dict[str, str]:
         """Achievement id -> "user/activity": ids differ between equivalent nights."""
         frame = self.query("SELECT id, user_id, activity_id FROM achievements")

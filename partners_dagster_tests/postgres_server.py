@@ -287,10 +287,37 @@ def postgres_for_tests(
         yield server.url
 
 
+@contextlib.contextmanager
+def postgres_for_session(
+    environ: Mapping[str, str] | None = None, candidates: Iterable[Path] | None = None
+) -> Iterator[str]:
+    """`postgres_for_tests` for one pytest session, which under pytest-xdist is one worker
+    (`PYTEST_XDIST_WORKER` names it). A throwaway cluster is the worker's own already; on the
+    server `PARTNERS_DAGSTER_TEST_POSTGRES_URL` names (CI's, which the workers share) each
+    worker gets a fresh database of its own beside the named one, dropped on exit, since the
+    tests drop and recreate the schema they use."""
+    environ = os.environ if environ is None else environ
+    worker = environ.get("PYTEST_XDIST_WORKER")
+    with postgres_for_tests(environ, candidates) as url:
+        if worker and environ.get(POSTGRES_URL_ENV):
+            with fresh_database(url, worker_database_name(url, worker)) as worker_url:
+                yield worker_url
+        else:
+            yield url
+
+
+def worker_database_name(server_url: str, worker: str) -> str:
+    """`partners_test` and worker `gw0` -> `partners_test_gw0`."""
+    from sqlalchemy import make_url
+
+    base = make_url(server_url).database or "postgres"
+    return f"{base}_{worker}".lower()[:63]
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
-    """The URL of a PostgreSQL database for the whole test session (see `postgres_for_tests`)."""
-    with postgres_for_tests() as url:
+    """The URL of a PostgreSQL database for the whole test session (see `postgres_for_session`)."""
+    with postgres_for_session() as url:
         yield url
 
 

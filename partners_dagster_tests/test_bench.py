@@ -48,12 +48,29 @@ def test_bench_runs_two_nights_and_writes_its_figures(tmp_path):
         steady["update_progress_job"]["assets"]["achievement_progress"]["achievements_progressed"]
         > 0
     )
+    # The realistic steady night (the default): the cache expired a day ago and is
+    # revalidated; only the few reports of recent runs that changed come whole.
+    assert report["changes"] == "realistic" and report["advanced"]["model"] == "realistic"
+    first_step_1, steady_step_1 = first["update_memberships_job"], steady["update_memberships_job"]
+    assert first_step_1["responses"]["course_enrolments_report 200"] > 0
+    assert steady_step_1["responses"]["course_runs 304"] == 1
+    unchanged = steady_step_1["responses"]["course_enrolments_report 304"]
+    changed = steady_step_1["responses"].get("course_enrolments_report 200", 0)
+    assert unchanged > changed
+    assert (
+        steady_step_1["bytes_received"]["course_enrolments_report"]
+        < 0.5 * first_step_1["bytes_received"]["course_enrolments_report"]
+    )
+    assert "304" in result.stdout and "of the first night's" in result.stdout
 
 
 def test_bench_profiles_each_job_and_can_skip_the_floor(tmp_path):
     profiles = tmp_path / "profiles"
-    result, report = _bench_tiny(tmp_path, "--no-floor", "--profile", str(profiles))
+    result, report = _bench_tiny(
+        tmp_path, "--no-floor", "--profile", str(profiles), "--changes", "uniform"
+    )
     assert "floor (bare download)" not in result.stdout
+    assert report["changes"] == "uniform" and report["advanced"]["model"] == "uniform"
     assert report["profiled"] is True
     assert all(night["floor"] is None for night in report["nights"].values())
     assert sorted(p.name for p in profiles.iterdir()) == [

@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md: names of assets, jobs, schedules and resources."""
+"""The contract of docs/contracts.md: names of assets, jobs, schedules and resources."""
 
 from __future__ import annotations
 

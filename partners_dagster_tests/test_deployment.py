@@ -97,6 +97,15 @@ def _wait_for_run(client, run_id: str, daemon: subprocess.Popen, log: Path) -> N
     assert status == dg.DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
 
 
+def _materialization(instance, run_id: str, asset: str):
+    (event,) = [
+        event
+        for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if event.asset_materialization.asset_key == dg.AssetKey(asset)
+    ]
+    return event
+
+
 def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
     tiny_dataset, tmp_path, dagster_database
 ):
@@ -178,6 +187,26 @@ def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
             "update_progress_job", asset_selection=[dg.AssetKey("latest_enrolments")]
         )
         _wait_for_run(client, alone, daemon, tmp_path / "daemon.log")
+        # The operator controls, launched with run config as the Launchpad launches them.
+        achievement = night.query(
+            "SELECT a.user_id, v.future_learn_course_uuid AS course FROM achievements a "
+            "JOIN activities v ON v.id = a.activity_id LIMIT 1"
+        )
+        controls = {
+            "dry_run": {"dry_run": True},
+            "scoped": {
+                "users": [str(achievement.at[0, "user_id"])],
+                "courses": [str(achievement.at[0, "course"])],
+            },
+            "refetch": {"refetch": True},
+        }
+        control_runs = {}
+        for name, options in controls.items():
+            control_runs[name] = client.submit_job_execution(
+                "update_progress_job",
+                run_config={"resources": {"run_options": {"config": options}}},
+            )
+            _wait_for_run(client, control_runs[name], daemon, tmp_path / "daemon.log")
 
         schedules = _graphql(
             port,
@@ -194,7 +223,11 @@ def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
             """{ runsOrError { ... on Runs { results { runId jobName status tags { key value } } } } }""",
         )["runsOrError"]["results"]
         # The daemon's freshness sensor may have launched a check-only run of its own.
-        runs = [r for r in runs if r["jobName"] != "__ASSET_JOB"]
+        runs = [
+            r
+            for r in runs
+            if r["jobName"] != "__ASSET_JOB" and r["runId"] not in control_runs.values()
+        ]
         assert sorted((r["jobName"], r["status"]) for r in runs) == [
             ("update_memberships_job", "SUCCESS"),
             ("update_progress_job", "SUCCESS"),
@@ -214,13 +247,28 @@ def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
         with dg.DagsterInstance.get() as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             links = instance.get_latest_materialization_event(dg.AssetKey("membership_links"))
-            progress = instance.get_latest_materialization_event(
-                dg.AssetKey("achievement_progress")
+            progress = _materialization(
+                instance, run_ids["update_progress_job"], "achievement_progress"
             )
-            latest = instance.get_latest_materialization_event(dg.AssetKey("latest_enrolments"))
+            latest = _materialization(instance, alone, "latest_enrolments")
+            control_progress = {
+                name: _materialization(instance, run_id, "achievement_progress")
+                .asset_materialization.metadata["dry_run"]
+                .value
+                for name, run_id in control_runs.items()
+            }
+            control_scope = {
+                name: _materialization(instance, run_id, "course_runs")
+                .asset_materialization.metadata["scope"]
+                .value
+                for name, run_id in control_runs.items()
+            }
     finally:
         os.environ.clear()
         os.environ.update(previous)
+    assert control_progress == {"dry_run": True, "scoped": False, "refetch": False}
+    assert control_scope["scoped"] == "1 course(s), 1 user(s)"
+    assert control_scope["refetch"] == control_scope["dry_run"] == "every course and user"
     assert links.run_id == run_ids["update_memberships_job"]
     assert links.asset_materialization.metadata["memberships_linked"].value > 0
     assert progress.run_id == run_ids["update_progress_job"]

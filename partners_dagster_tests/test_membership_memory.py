@@ -1,4 +1,4 @@
-"""The membership memory (DESIGN.md, "Memberships"; issue 13, items 1 and 2).
+"""The membership memory (docs/rules.md, "Memberships"; issue 13, items 1 and 2).
 
 Rules pinned here, each test named after the one it proves:
 - due-spreading: a remembered lookup comes due between N/2 and N days after it was made,

@@ -278,21 +278,6 @@ def test_while_a_batch_waits_on_its_caller_the_callers_own_requests_reach_the_ne
     assert _requests(sandbox, "course_enrolments_report") == 1
 
 
-def test_expired_answers_are_dropped_from_a_sqlite_cache_before_a_batch(
-    sandbox, make_client, tiny_dataset
-):
-    """Yesterday's reports leave the cache file in one statement, so a steady night's batch
-    finds each key missing at a glance; the answers just fetched stay."""
-    client = make_client(cache_expiry_seconds=1)
-    run_uuids = tiny_dataset.runs["run_uuid"].tolist()
-    dict(client.enrolment_reports(run_uuids))
-    assert client._backend.responses.count() == len(run_uuids)
-    time.sleep(1.2)
-    (answered,) = dict(client.enrolment_reports(run_uuids[:1])).values()
-    assert len(answered.enrolments) == len(tiny_dataset.enrolments_of_run(0))
-    assert client._backend.responses.count() == 1
-
-
 def test_one_failing_report_does_not_stop_the_others(sandbox, make_client, tiny_dataset):
     run_uuids = tiny_dataset.runs["run_uuid"].tolist()
     sandbox.api.faults = Faults(failing_runs=[run_uuids[1]])

@@ -15,6 +15,7 @@ from .postgres_server import (
     SERVER_BINARIES,
     ThrowawayPostgres,
     find_server_bindir,
+    postgres_for_session,
     postgres_for_tests,
     rails_database,
 )
@@ -399,3 +400,15 @@ def test_rails_schema_allows_one_most_recent_transition_per_achievement(rails_ur
         assert [tuple(row) for row in defaults] == [(0, "{}")]
     finally:
         engine.dispose()
+
+
+def test_each_xdist_worker_gets_a_database_of_its_own_on_a_shared_server(server_url):
+    # CI names one database for every worker; the tests drop and recreate its schema.
+    named = make_url(server_url).database
+    with postgres_for_session(environ={POSTGRES_URL_ENV: server_url}) as url:
+        assert url == server_url
+    worker = {POSTGRES_URL_ENV: server_url, "PYTEST_XDIST_WORKER": "gw7"}
+    with postgres_for_session(environ=worker) as url:
+        assert _query(url, "SELECT current_database()") == [(f"{named}_gw7",)]
+    gone = "SELECT datname FROM pg_database WHERE datname = :name"
+    assert _query(server_url, gone, name=f"{named}_gw7") == []

@@ -1,4 +1,4 @@
-"""Every rule of DESIGN.md as tables of cases, plus properties (hypothesis)."""
+"""Every rule of docs/rules.md as tables of cases, plus properties (hypothesis)."""
 
 from __future__ import annotations
 

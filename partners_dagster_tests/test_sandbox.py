@@ -10,6 +10,7 @@ import sys
 import time
 
 import jwt
+import numpy as np
 import pytest
 import requests
 
@@ -320,7 +321,7 @@ def test_17_the_cli_prints_a_control_token_or_takes_one(tmp_path):
     try:
         token = printed["PARTNERS_SANDBOX_CONTROL_TOKEN"]
         url = printed["FL_PARTNERS_URL"]
-        assert SandboxControl(url, token).stats() == {"requests": {}, "responses": {}}
+        assert SandboxControl(url, token).stats() == {"requests": {}, "responses": {}, "bytes": {}}
         with pytest.raises(SandboxControlError, match="401"):
             SandboxControl(url, "guessed").stats()
     finally:
@@ -385,3 +386,124 @@ def test_18_the_projects_own_tokens_and_small_clock_skew_are_accepted(server):
         {"iat": now + 0.5, "exp": now + 90.5},  # NumericDate may be fractional
     ):
         assert _runs(server.url, _token(**claims)).status_code == 200, claims
+
+
+# -- issue 26, item 2: the sandbox plays Rails ---------------------------------------------
+
+# Our own fixture: compact JSON with a line break and a non-ASCII letter, as Rails renders it.
+# Its ETag was worked out apart from the project's code (`printf '%s' BODY | sha256sum`).
+RAILS_FIXTURE = [
+    {
+        "uuid": "5f1c2e9a-0b7d-4c1e-9a3f-2d6b8e4c7a10",
+        "title": "Programmation: café\nPython",
+        "weeks_count": 3,
+    }
+]
+RAILS_FIXTURE_ETAG = 'W/"69479eed4f94b77e108446b57bc0cae1"'
+
+
+def test_26_the_etag_is_racks_the_first_32_hex_digits_of_the_sha256_of_the_compact_body():
+    from partners_dagster.sandbox.server import COMPACT_JSON, rails_etag
+
+    body = json.dumps(RAILS_FIXTURE, **COMPACT_JSON).encode()
+    assert body == (
+        b'[{"uuid":"5f1c2e9a-0b7d-4c1e-9a3f-2d6b8e4c7a10",'
+        b'"title":"Programmation: caf\xc3\xa9\\nPython","weeks_count":3}]'
+    )
+    assert rails_etag(body) == RAILS_FIXTURE_ETAG
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/partners/course_runs", "RUN", "RUN/course_enrolments_report", "MEMBERSHIP"],
+)
+def test_26_every_200_is_compact_json_with_the_rails_etag_and_cache_control(server, path):
+    from partners_dagster.sandbox.server import rails_etag
+
+    dataset = server.api.dataset
+    path = path.replace("RUN", f"/partners/course_runs/{dataset.runs['run_uuid'].iat[0]}")
+    member = dataset.memberships.query("found")["membership_uuid"].iat[0]
+    path = path.replace("MEMBERSHIP", f"/partners/organisation_memberships/{member}")
+    response = requests.get(
+        server.url + path, headers={"Authorization": f"Bearer {_token()}"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert (
+        response.content
+        == json.dumps(response.json(), separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    assert response.headers["ETag"] == rails_etag(response.content)
+    assert response.headers["Cache-Control"] == "max-age=0, private, must-revalidate"
+
+
+def test_26_a_matching_if_none_match_is_a_304_with_no_body_and_a_stale_one_a_200(server):
+    first = _runs(server.url, _token())
+    etag = first.headers["ETag"]
+    server.control.reset_stats()
+    again = _runs(server.url, _token(), **{"If-None-Match": etag})
+    assert (again.status_code, again.content, again.headers["ETag"]) == (304, b"", etag)
+    assert again.headers["Cache-Control"] == "max-age=0, private, must-revalidate"
+    listed = _runs(server.url, _token(), **{"If-None-Match": f'W/"0000", {etag}'})
+    assert listed.status_code == 304
+    stale = _runs(server.url, _token(), **{"If-None-Match": 'W/"00000000000000000000000000000000"'})
+    assert (stale.status_code, stale.content) == (200, first.content)
+    stats = server.control.stats()
+    assert stats["responses"] == {"course_runs 304": 2, "course_runs 200": 1}
+    assert stats["bytes"] == {"course_runs": len(first.content)}
+
+
+# -- issue 26, item 3: a realistic steady night ---------------------------------------------
+
+
+def _changed_runs(before, after) -> set[int]:
+    merged = after.merge(before, on=["run", "membership"], how="left", suffixes=("", "_b"))
+    differs = (
+        merged["steps_completed_count_b"].isna()
+        | (merged["steps_completed_count"] != merged["steps_completed_count_b"])
+        | (merged["deactivated"] != merged["deactivated_b"])
+    )
+    return set(merged.loc[differs, "run"].tolist())
+
+
+def test_26_the_realistic_night_changes_runs_by_how_recently_they_started():
+    from partners_dagster.sandbox.dataset import (
+        ACTIVE_HALF_LIFE_DAYS,
+        ACTIVE_SHARE,
+        NEW_RUN_DAYS,
+        advance_night,
+        progress_odds,
+        run_ages_days,
+    )
+
+    realistic, uniform = generate("small", seed=5), generate("small", seed=5)
+    ages = run_ages_days(realistic)
+    assert ages.min() == 7  # tonight is a week after the newest run started
+    odds = progress_odds(realistic, "realistic", 0.05)
+    # Halved every two weeks of a run's age.
+    assert odds.tolist() == pytest.approx(
+        (ACTIVE_SHARE * 0.5 ** (ages / ACTIVE_HALF_LIFE_DAYS)).tolist()
+    )
+    assert ACTIVE_HALF_LIFE_DAYS == 14 and odds.max() == pytest.approx(ACTIVE_SHARE * 0.5**0.5)
+    assert (np.diff(odds[np.argsort(ages)]) <= 0).all()  # never more on an older run
+
+    before = realistic.enrolments.copy()
+    changes = advance_night(realistic, 9, model="realistic")
+    changed = _changed_runs(before, realistic.enrolments)
+    assert changes["model"] == "realistic" and changes["runs_changed"] == len(changed) > 0
+    # Few runs change, and the recent ones: none older than a year, most within 10 weeks.
+    assert len(changed) < 0.15 * len(realistic.runs)
+    assert max(ages[list(changed)]) < 365
+    assert np.median(ages[list(changed)]) < 70 < np.median(ages)
+    new = realistic.enrolments.merge(before, on=["run", "membership"], how="left")
+    new_runs = new.loc[new["steps_completed_count_y"].isna(), "run"].unique()
+    assert len(new_runs) and (ages[new_runs] <= NEW_RUN_DAYS).all()
+
+    before = uniform.enrolments.copy()
+    advance_night(uniform, 9, model="uniform")
+    assert len(_changed_runs(before, uniform.enrolments)) > 0.8 * len(uniform.runs)
+
+
+def test_26_advance_takes_the_change_model_and_refuses_an_unknown_one(server):
+    assert server.control.advance(seed=4, changes="realistic")["model"] == "realistic"
+    with pytest.raises(SandboxControlError, match="changes must be one of"):
+        server.control.advance(seed=4, changes="everything")

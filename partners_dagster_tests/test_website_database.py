@@ -18,6 +18,7 @@ OWN_TABLES = {
     "partners_dagster_membership_links",
     "partners_dagster_membership_lookups",
     "partners_dagster_outbox",
+    "partners_dagster_report_sizes",
     VERSION_TABLE,
 }
 # Columns the website might add that the jobs know nothing of, NOT NULL with defaults: every

@@ -8,19 +8,33 @@ from ..partners_api.resource import PartnersApiResource
 from ..steps.course_reports import (
     fetch_course_enrolments,
     read_course_runs,
+    runs_listed,
+    scoped_runs,
     unknown_courses,
 )
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .alerts import report_auth_failure, report_unknown_courses
-from .constants import API_POOL, GROUP, MEMBERSHIPS_JOB
+from .constants import API_POOL, GROUP, PROGRESS_JOB
 from .failures import fails_in_one_line
 from .metadata import content_version, request_tally, table
+from .run_options import RunOptions
+
+COURSE_RUNS = dg.AssetKey("course_runs")
 
 
-@dg.asset(
-    group_name=GROUP,
+# A multi-asset of one, so that a job can leave out a check: step 2 does not evaluate
+# no_unknown_courses (jobs.py).
+@dg.multi_asset(
+    outs={
+        "course_runs": dg.AssetOut(
+            group_name=GROUP,
+            kinds={"python", "pandas"},
+            description="Every FutureLearn course run the partner can see, with whether Teach "
+            "Computing knows its course (an activity holds its UUID) or has asked to ignore it.",
+        )
+    },
+    can_subset=True,
     pool=API_POOL,
-    kinds={"python", "pandas"},
     check_specs=[
         dg.AssetCheckSpec(
             "no_unknown_courses",
@@ -32,6 +46,13 @@ from .metadata import content_version, request_tally, table
             asset="course_runs",
             description="Every course run record has the documented shape.",
         ),
+        dg.AssetCheckSpec(
+            "runs_of_known_courses_listed",
+            asset="course_runs",
+            description="The API lists course runs, and some of a course Teach Computing knows "
+            "(none: the partner account may have lost access). Blocks the rest of the run.",
+            blocking=True,
+        ),
     ],
 )
 @fails_in_one_line
@@ -39,11 +60,15 @@ def course_runs(
     context: dg.AssetExecutionContext,
     partners_api: PartnersApiResource,
     teachcomputing_db: TeachComputingDatabaseResource,
+    run_options: RunOptions,
 ):  # MaterializeResult[...] with checks: Dagster reads the value as untyped
     """Every FutureLearn course run the partner can see, with whether Teach Computing knows its
-    course (an activity holds its UUID) or has asked to ignore it."""
-    client = partners_api.client
-    catalogue = teachcomputing_db.repository().catalogue()
+    course (an activity holds its UUID) or has asked to ignore it. A scoped run keeps only
+    the runs of its courses."""
+    repository = teachcomputing_db.repository()
+    scope = run_options.scope(repository)
+    client = partners_api.client_for(run_options)
+    catalogue = repository.catalogue()
     with request_tally(client) as requests:
         try:
             read = read_course_runs(
@@ -55,15 +80,56 @@ def course_runs(
     frame, runs, rejections = read.frame, read.runs, read.rejections
     unknown = unknown_courses(frame)
     courses = frame[frame["malformed"].isna()].drop_duplicates("course_uuid")
-    if not unknown.empty and context.job_def.name == MEMBERSHIPS_JOB:
-        # Step 1 reports unknown courses (to Sentry too, when set); step 2 does not again.
-        report_unknown_courses(unknown["title"], run_id=context.run.run_id)
-    if not unknown.empty:
+    # Step 1 reports unknown courses (to Sentry too, when set); step 2 does not again, and a
+    # scoped run is about its own courses.
+    reports_unknown = context.job_def.name != PROGRESS_JOB and scope.courses is None
+    if not unknown.empty and reports_unknown:
+        if not run_options.dry_run:
+            report_unknown_courses(unknown["title"], run_id=context.run.run_id)
         context.log.warning(
             f"{len(unknown)} FutureLearn course(s) unknown to Teach Computing: {', '.join(unknown['title'])}"
         )
-    return dg.MaterializeResult(
-        value=frame,
+    if scope.courses is not None:
+        frame = scoped_runs(frame, scope.courses)
+    listed = runs_listed(frame)
+    checks = [
+        dg.AssetCheckResult(
+            check_name="runs_of_known_courses_listed",
+            passed=listed.ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=listed.problem,
+            metadata={"runs": listed.runs, "runs_of_known_courses": listed.runs_of_known_courses},
+        ),
+        dg.AssetCheckResult(
+            check_name="no_unknown_courses",
+            passed=unknown.empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=None
+            if unknown.empty
+            else "Add an activity for each course, or list it in FL_PARTNERS_IGNORED_COURSE_UUIDS.",
+            metadata={"unknown_courses": len(unknown), "courses": table(unknown)},
+        ),
+        dg.AssetCheckResult(
+            check_name="no_malformed_runs",
+            passed=not rejections,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "rejected": len(rejections),
+                "first_reasons": table(
+                    pd.DataFrame(
+                        [(r.index, r.key, r.reason) for r in rejections],
+                        columns=["index", "key", "reason"],
+                    ),
+                    limit=5,
+                ),
+            },
+        ),
+    ]
+    if not listed.ok:
+        context.log.error(f"{listed.problem}: nothing will be changed")
+    yield dg.Output(
+        frame,
+        output_name="course_runs",
         data_version=content_version(frame),  # same answers, same version: no false "Unsynced"
         metadata={
             "runs": len(runs),
@@ -72,36 +138,14 @@ def course_runs(
             "courses_unknown": len(unknown),
             "courses_ignored": int(courses["ignored"].sum()),
             "runs_rejected": len(rejections),
-            "unknown_courses": table(unknown),
+            **({"unknown_courses": table(unknown)} if reports_unknown else {}),
+            "scope": scope.describe(),
             **requests,
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="no_unknown_courses",
-                passed=unknown.empty,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=None
-                if unknown.empty
-                else "Add an activity for each course, or list it in FL_PARTNERS_IGNORED_COURSE_UUIDS.",
-                metadata={"unknown_courses": len(unknown), "courses": table(unknown)},
-            ),
-            dg.AssetCheckResult(
-                check_name="no_malformed_runs",
-                passed=not rejections,
-                severity=dg.AssetCheckSeverity.ERROR,
-                metadata={
-                    "rejected": len(rejections),
-                    "first_reasons": table(
-                        pd.DataFrame(
-                            [(r.index, r.key, r.reason) for r in rejections],
-                            columns=["index", "key", "reason"],
-                        ),
-                        limit=5,
-                    ),
-                },
-            ),
-        ],
     )
+    # Only the checks this run selected: step 2's job leaves out no_unknown_courses.
+    selected = context.selected_asset_check_keys
+    yield from (c for c in checks if dg.AssetCheckKey(COURSE_RUNS, c.check_name) in selected)
 
 
 @dg.asset(
@@ -123,13 +167,29 @@ def course_runs(
 )
 @fails_in_one_line
 def course_enrolments(
-    context: dg.AssetExecutionContext, partners_api: PartnersApiResource, course_runs: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    partners_api: PartnersApiResource,
+    teachcomputing_db: TeachComputingDatabaseResource,
+    run_options: RunOptions,
+    course_runs: pd.DataFrame,
 ):  # MaterializeResult[...] with checks: Dagster reads the value as untyped
     """Every enrolment on every run of a course Teach Computing knows, fetched concurrently.
-    Runs whose report could not be fetched after retries are listed; the rest go on."""
-    client = partners_api.client
+    Runs whose report could not be fetched after retries, or shrank (empty, or under half
+    its last size), are listed and their courses left alone tonight; the rest go on."""
+    client = partners_api.client_for(run_options)
+    repository = teachcomputing_db.repository()
     with request_tally(client) as requests:
-        result = fetch_course_enrolments(client, course_runs)
+        result = fetch_course_enrolments(
+            client, course_runs, repository.report_sizes(), run_options.accept_report_sizes
+        )
+    if not run_options.dry_run:
+        repository.remember_report_sizes(result.report_sizes, context.run.run_id)
+    if not result.shrunk_reports.empty:
+        context.log.warning(
+            f"{len(result.shrunk_reports)} report(s) shrank (empty, or under half their last "
+            "size): their courses are left alone tonight. If a new size is right, accept it "
+            "with run config run_options.accept_report_sizes."
+        )
     failed, rejected = result.failed_runs, result.rejections
     if not failed.empty:
         context.log.error(
@@ -144,6 +204,7 @@ def course_enrolments(
             "enrolments": len(result.enrolments),
             "memberships": int(result.enrolments["membership_uuid"].nunique()),
             "records_rejected": len(rejected),
+            "reports_shrunk": len(result.shrunk_reports),
             "failed_runs": table(failed),
             **requests,
         },

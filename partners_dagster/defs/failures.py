@@ -13,6 +13,7 @@ library that was never imported cannot have been raised.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import sys
 from collections.abc import Callable
@@ -167,6 +168,21 @@ def operator_failure(error: BaseException) -> dg.Failure | None:
 
 def fails_in_one_line(fn: F) -> F:
     """Wraps an asset's function: an outage ends the step with a one-line ``Failure``."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except dg.Failure:
+                raise
+            except Exception as error:
+                failure = operator_failure(error)
+                if failure is None:
+                    raise
+                raise failure from None
+
+        return generator  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

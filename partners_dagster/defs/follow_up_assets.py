@@ -10,6 +10,7 @@ from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
 from .metadata import NO_SIDEKIQ, with_night_summary
+from .run_options import RunOptions
 
 
 @dg.asset(
@@ -30,12 +31,23 @@ def follow_up_jobs(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
     sidekiq: SidekiqResource,
+    run_options: RunOptions,
 ) -> dg.MaterializeResult:
     """Delivers every undelivered outbox row (earlier nights' included) to the website's
     Sidekiq, exactly as Rails 6.1's ActiveJob Sidekiq adapter enqueues it, each once. Without
-    TEACHCOMPUTING_SIDEKIQ_REDIS_URL the jobs wait in the outbox and are counted."""
-    store = RepositoryOutboxStore(teachcomputing_db.repository())
-    result = sidekiq.deliver(store, now=datetime.now(UTC))
+    TEACHCOMPUTING_SIDEKIQ_REDIS_URL the jobs wait in the outbox and are counted. A dry run
+    delivers nothing; a scoped run delivers only the rows it queued."""
+    repository = teachcomputing_db.repository()
+    scope = run_options.scope(repository)
+    store = RepositoryOutboxStore(
+        repository, only_run_id=context.run.run_id if scope.scoped else None
+    )
+    # A dry run pushes nothing: delivery with no Redis only counts what waits.
+    result = (
+        SidekiqResource(redis_url=None, globalid_app=sidekiq.globalid_app)
+        if run_options.dry_run
+        else sidekiq
+    ).deliver(store, now=datetime.now(UTC))
     if not sidekiq.configured and result.waiting:
         context.log.warning(
             f"{result.waiting} follow-up job(s) wait in the outbox: "
@@ -51,6 +63,7 @@ def follow_up_jobs(
             "waiting": result.waiting,
             "oldest_waiting_hours": round(oldest.total_seconds() / 3600, 2) if oldest else 0.0,
             "sidekiq_configured": sidekiq.configured,
+            "dry_run": run_options.dry_run,
         },
         check_results=[
             dg.AssetCheckResult(

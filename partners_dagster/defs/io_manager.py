@@ -84,7 +84,9 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
             known = repository.catalogue().activities["course_uuid"]
             return read_course_runs(client, known, self.partners_api.ignored_courses).frame
         if key == "course_enrolments":
-            return fetch_course_enrolments(client, self.rebuild("course_runs", run_id))
+            return fetch_course_enrolments(
+                client, self.rebuild("course_runs", run_id), repository.report_sizes()
+            )
         if key == "organisation_memberships":
             # What tonight's run asked and remembered: every answer is in the memory.
             plan = plan_membership_lookups(

@@ -11,6 +11,7 @@ from .constants import (
     MEMBERSHIPS_JOB,
     PROGRESS_JOB,
 )
+from .run_options import DEFAULT_RUN_CONFIG
 
 # A night that runs past this is canceled by run monitoring (dagster.yaml): a request that
 # never ends must not hold the queue's one API slot for the following nights. A large first
@@ -31,6 +32,7 @@ update_memberships_job = dg.define_asset_job(
     ),
     tags=API_TAGS,
     executor_def=dg.in_process_executor,
+    config=DEFAULT_RUN_CONFIG,
 )
 
 update_progress_job = dg.define_asset_job(
@@ -45,10 +47,13 @@ update_progress_job = dg.define_asset_job(
         "follow_up_jobs",
     )
     - dg.AssetSelection.checks(
-        dg.AssetCheckKey(dg.AssetKey("achievement_progress"), FRESHNESS_CHECK)
+        dg.AssetCheckKey(dg.AssetKey("achievement_progress"), FRESHNESS_CHECK),
+        # Step 1 reports unknown courses; step 2 does not again (no warning, no check).
+        dg.AssetCheckKey(dg.AssetKey("course_runs"), "no_unknown_courses"),
     ),
     tags=API_TAGS,
     executor_def=dg.in_process_executor,
+    config=DEFAULT_RUN_CONFIG,
 )
 
 

@@ -9,11 +9,13 @@ from ..partners_api.resource import PartnersApiResource
 from ..privacy import mask_email
 from ..steps.course_reports import CourseEnrolments
 from ..steps.membership_lookup import look_up_memberships
-from ..steps.membership_matching import match_memberships
+from ..steps.membership_matching import FORGOTTEN, match_memberships
+from ..steps.night_plan import NightPlan
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
 from .metadata import request_tally, table, with_night_summary
+from .run_options import RunOptions, plan_metadata
 
 
 @dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"})
@@ -22,13 +24,15 @@ def organisation_memberships(
     context: dg.AssetExecutionContext,
     partners_api: PartnersApiResource,
     teachcomputing_db: TeachComputingDatabaseResource,
+    run_options: RunOptions,
     course_enrolments: CourseEnrolments,
 ) -> dg.MaterializeResult[pd.DataFrame]:
     """Each organisation membership on tonight's reports that no Teach Computing user holds
     yet, once however many runs it appears on: asked of the API when it was never looked up
     or its lookup is due, else taken from the membership memory. Every answer (a 404
-    included) is remembered."""
-    client = partners_api.client
+    included) is remembered, except in a dry run; one naming a forgotten user without its
+    email."""
+    client = partners_api.client_for(run_options)
     with request_tally(client) as requests:
         result = look_up_memberships(
             client,
@@ -37,6 +41,7 @@ def organisation_memberships(
             dagster_run_id=context.run.run_id,
             now=datetime.now(UTC),
             refresh_days=partners_api.membership_refresh_days,
+            record=not run_options.dry_run,
         )
     plan, failed = result.plan, result.fetched_count("failed")
     if failed:
@@ -54,6 +59,8 @@ def organisation_memberships(
             "memberships_fetched": result.fetched_count("found"),
             "memberships_not_found": result.fetched_count("not_found"),
             "memberships_failed": failed,
+            "memberships_naming_forgotten_users": result.fetched_count(FORGOTTEN),
+            "dry_run": run_options.dry_run,
             **requests,
         },
     )
@@ -75,16 +82,34 @@ def organisation_memberships(
 def membership_links(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
+    run_options: RunOptions,
     organisation_memberships: pd.DataFrame,
 ) -> dg.MaterializeResult:
     """Links each fetched or remembered membership to the Teach Computing user whose id or email is its
     external_learner_id (id first; then email, trimmed and case-folded; forgotten users never;
     a value naming two users links nobody). The UUID is appended to the user's
     future_learn_organisation_memberships with a link row, in one transaction; a membership
-    already linked is never moved."""
+    in a user's array is never moved, and one in no array is linked again. What this
+    project keeps that names a forgotten user goes. A dry run plans the links and writes
+    nothing; a scoped run links only to its users."""
     repository = teachcomputing_db.repository()
+    scope = run_options.scope(repository)
     matches = match_memberships(organisation_memberships, repository.users())
-    result = repository.link_memberships(matches.links, context.run.run_id)
+    links = matches.links
+    if scope.users is not None:
+        links = links[links["user_id"].isin(scope.users)].reset_index(drop=True)
+    plan = NightPlan()
+    # A dry run's plan is what the night would link: the same rule, nothing written.
+    result = (
+        repository.plan_links(links)
+        if run_options.dry_run
+        else repository.link_memberships(links, context.run.run_id)
+    )
+    plan.link(result.links)
+    # Nightly on a full run; a scoped run changes only its own users' rows.
+    forgot = (
+        repository.forget_forgotten_users(dry_run=run_options.dry_run) if not scope.scoped else None
+    )
     conflicts = pd.DataFrame(
         result.conflicts, columns=["membership_uuid", "linked_user_id", "matched_user_id"]
     )
@@ -102,7 +127,8 @@ def membership_links(
     not_found = int((organisation_memberships["fetch_status"] == "not_found").sum())
     materialized = dg.MaterializeResult(
         metadata={
-            "memberships_linked": result.created,
+            **plan_metadata(plan, run_options, scope),
+            "memberships_linked": len(result.links),
             "linked_by_id": int(by.get("id", 0)),
             "linked_by_email": int(by.get("email", 0)),
             "memberships_already_linked": result.already_linked,
@@ -113,6 +139,8 @@ def membership_links(
             "memberships_linked_to_another_user": len(conflicts),
             "unmatched_preview": table(unmatched, limit=10),
             "conflicts": table(conflicts, limit=10),
+            "forgotten_users_link_rows_removed": forgot.link_rows if forgot else 0,
+            "forgotten_users_lookups_erased": forgot.lookups_erased if forgot else 0,
         },
         check_results=[
             dg.AssetCheckResult(

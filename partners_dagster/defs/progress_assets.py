@@ -7,24 +7,32 @@ import dagster as dg
 from ..sidekiq.resource import SidekiqResource
 from ..steps.course_reports import CourseEnrolments
 from ..steps.latest_enrolment import LatestEnrolmentSet, select_latest_enrolments
+from ..steps.night_plan import NightPlan
 from ..steps.progress_update import update_achievement_progress
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
 from .metadata import table
+from .run_options import RunOptions, plan_metadata
 
 
 @dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"}, deps=["membership_links"])
 @fails_in_one_line
 def latest_enrolments(
-    teachcomputing_db: TeachComputingDatabaseResource, course_enrolments: CourseEnrolments
+    teachcomputing_db: TeachComputingDatabaseResource,
+    run_options: RunOptions,
+    course_enrolments: CourseEnrolments,
 ) -> dg.MaterializeResult[LatestEnrolmentSet]:
     """For every linked teacher and every course Teach Computing knows, the enrolment that
     counts: the latest across all runs of the course and all the teacher's memberships
-    (greatest activated_at, then higher ratio, then greater run UUID)."""
+    (greatest activated_at, then higher ratio, then greater run UUID). A scoped run keeps
+    only its users."""
     repository = teachcomputing_db.repository()
+    scope = run_options.scope(repository)
     links = repository.linked_memberships()
-    result = select_latest_enrolments(course_enrolments, links, repository.catalogue().activities)
+    result = select_latest_enrolments(
+        course_enrolments, links, repository.catalogue().activities, users=scope.users
+    )
     latest = result.latest
     return dg.MaterializeResult(
         value=result,
@@ -57,20 +65,30 @@ def achievement_progress(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
     sidekiq: SidekiqResource,
+    run_options: RunOptions,
     latest_enrolments: LatestEnrolmentSet,
 ) -> dg.MaterializeResult:
     """Applies each latest enrolment to the teacher's achievement for that course: progress
     (never down), state (enrolled, in progress, complete, dropped) as statesman transitions,
     and the follow-up jobs the website would queue, into the outbox. One transaction per
-    course; forgotten users and complete achievements are left alone."""
+    course; forgotten users and complete achievements are left alone. A dry run plans each
+    course in a read-only transaction and writes nothing."""
+    repository = teachcomputing_db.repository()
+    scope = run_options.scope(repository)
+    plan = NightPlan()
     counts = update_achievement_progress(
-        teachcomputing_db.repository(),
+        repository,
         latest_enrolments,
         dagster_run_id=context.run.run_id,
         globalid_app=sidekiq.globalid_app,
+        dry_run=run_options.dry_run,
+        plan=plan,
     )
+    if run_options.dry_run:
+        context.log.info(f"dry run, nothing written: {plan.summary()}")
     return dg.MaterializeResult(
         metadata={
+            **plan_metadata(plan, run_options, scope),
             "courses_applied": counts.courses_applied,
             "courses_skipped": counts.courses_skipped,
             "achievements_created": counts.achievements_created,

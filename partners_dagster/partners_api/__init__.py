@@ -1,4 +1,4 @@
-"""Client for the FutureLearn Partners API (see shared/partners-api.md)."""
+"""Client for the FutureLearn Partners API (see docs/partners-api.md)."""
 
 import importlib
 from typing import TYPE_CHECKING

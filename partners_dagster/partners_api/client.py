@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -36,12 +37,15 @@ from .errors import (
     ResponseTooLargeError,
     UnauthorizedError,
 )
+from .parsed_cache import ParsedReports
 from .records import (
     CourseRun,
     EnrolmentReport,
+    EnrolmentTable,
     OrganisationMembership,
     Rejection,
     course_run_from_json,
+    enrolment_table,
     organisation_membership_from_json,
     parse_course_runs,
     parse_enrolment_report,
@@ -83,6 +87,10 @@ DEFAULT_MAX_RESPONSE_BYTES = {
     ORGANISATION_MEMBERSHIP: 1 * MIB,
 }
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# An answer past its expiry is kept this long, to be revalidated with its ETag (a 304 renews
+# it with no body sent); one unused for longer is dropped (SQLite: before a batch; Redis: by
+# the TTL of its key). Its parsed form is kept as long, beside it.
+STALE_KEEP_SECONDS = 8 * 24 * 60 * 60
 
 
 class _Retryable(Exception):
@@ -104,9 +112,11 @@ class _NotCached(Exception):
 
 
 class RequestStats:
-    """Per-endpoint counters: network requests, cache hits, retries. Thread-safe."""
+    """Per-endpoint counters, thread-safe: network requests (``not_modified`` of them were
+    answered ``304``, which renewed a cached answer), cache hits, bodies parsed (an answer
+    whose parsed form is kept is not parsed again), retries, failures."""
 
-    FIELDS = ("network", "cache_hits", "retries", "failures")
+    FIELDS = ("network", "not_modified", "cache_hits", "parses", "retries", "failures")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -187,7 +197,10 @@ def make_cache_backend(
                 f"FL_PARTNERS_CACHE: cannot use the Redis cache at {mask_url(location)!r}: "
                 f"{type(error).__name__}: {_scrub(str(error), location)[:200]}"
             ) from None
-        return _RedisCache(namespace="partners_api", connection=connection)
+        # Kept past their expiry, to be revalidated (see STALE_KEEP_SECONDS).
+        return _RedisCache(
+            namespace="partners_api", connection=connection, ttl_offset=STALE_KEEP_SECONDS
+        )
     path = Path(location)
     if not path.suffix:
         path = path.with_name(path.name + ".sqlite")  # what requests-cache would open
@@ -226,8 +239,11 @@ def cache_key_function(consumer_key: str) -> Callable[..., str]:
 
 
 def _is_cacheable(response: requests.Response) -> bool:
-    """Successful JSON answers."""
-    return response.status_code == 200 and _is_json_response(response)
+    """No answer but a successful JSON one is stored (``allowable_codes`` keeps the other
+    statuses out). requests-cache also deletes what it holds for a request whose answer
+    this refuses, so a 504 of a cache-only read or a 500 while revalidating must pass:
+    the expired answer stays, to be revalidated."""
+    return response.status_code != 200 or _is_json_response(response)
 
 
 class PartnersApiClient:
@@ -282,8 +298,13 @@ class PartnersApiClient:
         self._cache = cache
         self._backend = make_cache_backend(cache)  # checks the location now, and serves clear()
         self._thread_backends: list[requests_cache.BaseCache] = []
+        self._thread_parsed: list[ParsedReports] = []
+        self._pruned = False
         self._local = threading.local()
         self.stats = RequestStats()
+        # Refetch (an operator's run option): ask the API again instead of using what the
+        # response cache holds, and store the new answers.
+        self.refetch = False
         # Called before each retry's wait with (endpoint, attempt that failed, its error,
         # seconds until the next attempt): the resource logs it while the retries go on.
         self.on_retry: Callable[[str, int, BaseException | None, float], None] | None = None
@@ -317,6 +338,37 @@ class PartnersApiClient:
             ),
         )
 
+    def enrolment_table(self, run_uuid: str) -> EnrolmentTable:
+        """A run's enrolment report as columns. An answer that is unchanged (renewed by a
+        ``304``, or read from the cache) is not parsed again when its parsed form is kept."""
+        response = self._get(
+            f"{self.base_url}/partners/course_runs/{run_uuid}/course_enrolments_report",
+            ENROLMENTS_REPORT,
+        )
+        parsed = getattr(self._local, "parsed", None)
+        key = getattr(response, "cache_key", None)
+        etag = response.headers.get("ETag")
+        if parsed is None or not key or not etag:
+            return self._parse_table(response, run_uuid)
+        if getattr(response, "from_cache", False):
+            table = parsed.get(key, etag)
+            if table is not None and table.run_uuid == run_uuid:
+                return table
+        table = self._parse_table(response, run_uuid)
+        parsed.put(key, etag, table)
+        return table
+
+    def _parse_table(self, response: requests.Response, run_uuid: str) -> EnrolmentTable:
+        return self._parse(
+            response,
+            ENROLMENTS_REPORT,
+            lambda body, status, raw: enrolment_table(
+                parse_enrolment_report(
+                    run_uuid, body, endpoint=ENROLMENTS_REPORT, status=status, raw=raw
+                )
+            ),
+        )
+
     def organisation_membership(self, membership_uuid: str) -> OrganisationMembership:
         return self._read(
             f"/partners/organisation_memberships/{membership_uuid}",
@@ -336,6 +388,12 @@ class PartnersApiClient:
         """Many reports: see ``fetch_many``."""
         return self.fetch_many(run_uuids, self.enrolment_report, ENROLMENTS_REPORT)
 
+    def enrolment_tables(
+        self, run_uuids: Iterable[str]
+    ) -> Iterator[tuple[str, EnrolmentTable | PartnersApiError]]:
+        """Many reports as columns: see ``fetch_many`` and ``enrolment_table``."""
+        return self.fetch_many(run_uuids, self.enrolment_table, ENROLMENTS_REPORT)
+
     def organisation_memberships(
         self, membership_uuids: Iterable[str]
     ) -> Iterator[tuple[str, OrganisationMembership | PartnersApiError]]:
@@ -351,8 +409,8 @@ class PartnersApiClient:
         network. The rest is fetched on a bounded pool, yielded as each ends."""
         keys = list(keys)
         missing = []
-        if self._caches(endpoint):
-            self._drop_expired_answers()
+        if self._caches(endpoint) and not self.refetch:
+            self._local.fresh_keys = self._fresh_keys()
             for key in keys:
                 self._local.cache_only = True
                 try:
@@ -381,8 +439,13 @@ class PartnersApiClient:
     def clear_cache(self) -> None:
         if self._backend is not None:
             self._backend.clear()
+            parsed = ParsedReports(self._backend, STALE_KEEP_SECONDS)
+            parsed.clear()
+            parsed.close()
 
     def close(self) -> None:
+        for parsed in self._thread_parsed:
+            parsed.close()
         for backend in [self._backend, *self._thread_backends]:
             if backend is not None:
                 backend.close()
@@ -395,14 +458,33 @@ class PartnersApiClient:
     def _caches(self, endpoint: str) -> bool:
         return self._backend is not None and endpoint not in UNCACHED_ENDPOINTS
 
-    def _drop_expired_answers(self) -> None:
-        """Yesterday's answers out of a SQLite cache, in one statement, so that each one is
-        known missing at a glance instead of asked of the cache in a whole request. A Redis
-        cache drops them itself, by the TTL requests-cache gives each key (an hour past its
-        expiry). Failing here only costs speed."""
-        if isinstance(self._backend, requests_cache.SQLiteCache):
-            with contextlib.suppress(sqlite3.Error):
-                self._backend.delete(expired=True, vacuum=False)
+    def _fresh_keys(self) -> frozenset[str] | None:
+        """The keys of a SQLite cache's fresh answers, in one statement, so that a batch
+        knows at a glance which answers it can read without asking the API; the expired
+        ones stay, to be revalidated on the pool. Before the first batch, answers unused for
+        ``STALE_KEEP_SECONDS`` past their expiry go, and parsed forms whose answer went.
+        ``None`` for Redis (each key is asked of it) or when this fails (it only costs
+        speed)."""
+        if not isinstance(self._backend, requests_cache.SQLiteCache):
+            return None
+        now = time.time()
+        table = self._backend.responses.table_name
+        with contextlib.suppress(sqlite3.Error):
+            if not self._pruned:
+                self._pruned = True
+                with self._backend.responses.connection(commit=True) as con:
+                    con.execute(
+                        f"DELETE FROM {table} WHERE expires <= ?", (now - STALE_KEEP_SECONDS,)
+                    )
+                parsed = ParsedReports(self._backend, STALE_KEEP_SECONDS)
+                parsed.prune(table)
+                parsed.close()
+            with self._backend.responses.connection() as con:
+                rows = con.execute(
+                    f"SELECT key FROM {table} WHERE expires IS NULL OR expires > ?", (now,)
+                ).fetchall()
+            return frozenset(key for (key,) in rows)
+        return None
 
     def _session(self, endpoint: str) -> requests.Session:
         # Neither requests.Session nor a SQLite connection should be shared between threads:
@@ -419,10 +501,13 @@ class PartnersApiClient:
                 backend = make_cache_backend(self._cache, check=False)
                 self._thread_backends.append(backend)
                 self._local.backend = backend
+                self._local.parsed = ParsedReports(backend, STALE_KEEP_SECONDS)
+                self._thread_parsed.append(self._local.parsed)
                 session = requests_cache.CachedSession(
                     backend=backend,
                     expire_after=self._cache_expiry,
-                    # The API says max-age=0; we impose our own expiry instead.
+                    # The API says max-age=0; we impose our own expiry instead. Past it, an
+                    # answer with an ETag is revalidated (If-None-Match): a 304 renews it.
                     cache_control=False,
                     allowable_codes=(200,),
                     allowable_methods=("GET",),
@@ -447,7 +532,12 @@ class PartnersApiClient:
         return session
 
     def _read(self, path: str, endpoint: str, parse: Callable[[Any, int, bytes], T]) -> T:
-        response = self._get(self.base_url + path, endpoint)
+        return self._parse(self._get(self.base_url + path, endpoint), endpoint, parse)
+
+    def _parse(
+        self, response: requests.Response, endpoint: str, parse: Callable[[Any, int, bytes], T]
+    ) -> T:
+        self.stats.add(endpoint, "parses")
         raw = response.content
         try:
             if not _is_json_response(response):
@@ -489,6 +579,7 @@ class PartnersApiClient:
             # A failing cache cannot keep it either way; the request fails regardless.
             with contextlib.suppress(redis.RedisError, sqlite3.Error):
                 backend.delete(response.cache_key)
+            self._local.parsed.delete(response.cache_key)
 
     def _get(self, url: str, endpoint: str) -> requests.Response:
         unauthorized = 0
@@ -575,16 +666,15 @@ class PartnersApiClient:
         cache_only = getattr(self._local, "cache_only", False)
         try:
             session = self._session(endpoint)
-            if cache_only and not session.cache.contains(
-                key=self._cache_key(requests.Request("GET", url).prepare())
-            ):
-                raise _NotCached  # on a first night, without the cost of a whole cached request
+            if cache_only and not self._may_be_fresh(session, url):
+                raise _NotCached  # without the cost of a whole cached request
             response = session.get(
                 url,
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=(min(self.timeout[0], remaining), min(self.timeout[1], remaining)),
                 hooks={"response": read_body},
                 **({"only_if_cached": True} if cache_only else {}),
+                **({"force_refresh": True} if self.refetch and self._caches(endpoint) else {}),
             )
         except _NotCached:
             raise
@@ -603,7 +693,11 @@ class PartnersApiClient:
         if cache_only and response.status_code == 504:
             raise _NotCached  # requests-cache's answer when it holds nothing fresh
         from_cache = getattr(response, "from_cache", False)
-        self.stats.add(endpoint, "cache_hits" if from_cache else "network")
+        if getattr(response, "revalidated", False):
+            self.stats.add(endpoint, "network")  # a 304 renewed the cached answer
+            self.stats.add(endpoint, "not_modified")
+        else:
+            self.stats.add(endpoint, "cache_hits" if from_cache else "network")
         if deadline.fired and not from_cache:
             # Its socket was shut mid-answer: the body may be cut short, so it is not kept.
             self._forget(response)
@@ -623,6 +717,14 @@ class PartnersApiClient:
         raise PartnersApiError(
             f"{endpoint}: unexpected HTTP {status} on {url}", endpoint=endpoint, status=status
         )
+
+    def _may_be_fresh(self, session: requests_cache.CachedSession, url: str) -> bool:
+        """Whether the cache may hold a fresh answer for ``url`` (a batch's cache-only pass)."""
+        key = self._cache_key(requests.Request("GET", url).prepare())
+        fresh_keys = getattr(self._local, "fresh_keys", None)
+        if fresh_keys is not None:
+            return key in fresh_keys
+        return session.cache.contains(key=key)
 
     def _failure(self, error: Exception, url: str, endpoint: str, token: str) -> Exception:
         """What one failed exchange becomes: a retry, or an error that costs this request only."""

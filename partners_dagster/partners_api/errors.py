@@ -25,7 +25,7 @@ class ApiUnavailableError(PartnersApiError):
 
 
 class MalformedResponseError(PartnersApiError):
-    """The body is not JSON, or not the shape partners-api.md describes."""
+    """The body is not JSON, or not the shape docs/partners-api.md describes."""
 
     def __init__(self, reason: str, *, endpoint: str, status: int | None, body: bytes | str):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body

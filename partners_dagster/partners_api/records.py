@@ -1,6 +1,6 @@
 """Typed records for the Partners API responses, and their parsers.
 
-Every field of partners-api.md is kept, nulls included. A record that does not
+Every field of docs/partners-api.md is kept, nulls included. A record that does not
 have the documented shape is rejected with a reason naming the field; callers
 decide whether one bad record spoils the whole response (a single resource) or
 is counted and skipped (one row of an enrolment report).
@@ -8,13 +8,15 @@ is counted and skipped (one row of an enrolment report).
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from ..rules import InvalidRatioError, check_ratio
@@ -76,6 +78,159 @@ class EnrolmentReport:
     run_uuid: str
     enrolments: list[CourseEnrolment]
     rejections: list[Rejection]
+
+
+# The columns of an enrolment table, in the order of the frames the steps work on.
+ENROLMENT_TABLE_COLUMNS = (
+    "run_uuid",
+    "membership_uuid",
+    "status",
+    "activated_at",
+    "deactivated_at",
+    "steps_completed_count",
+    "steps_completed_ratio",
+)
+
+
+class TableFormatError(ValueError):
+    """Stored bytes that are not an enrolment table (a damaged or foreign entry)."""
+
+
+@dataclass(frozen=True)
+class EnrolmentTable:
+    """A parsed enrolment report as columns: what the steps use of it (no hrefs), compact
+    enough to keep beside the response cache, so that an unchanged report is not parsed
+    again. Stored as numpy arrays in an ``.npz`` (no pickle: loading runs no code)."""
+
+    run_uuid: str
+    membership_uuid: np.ndarray  # fixed-width ASCII bytes (S36): canonical UUIDs
+    status: np.ndarray  # str
+    activated_at: np.ndarray  # datetime64[ns], UTC; NaT for null
+    deactivated_at: np.ndarray  # datetime64[ns], UTC; NaT for null
+    steps_completed_count: np.ndarray  # int64
+    steps_completed_ratio: np.ndarray  # float64
+    rejections: tuple[Rejection, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.membership_uuid)
+
+    def to_bytes(self) -> bytes:
+        """``TABLE_MAGIC``, the length of a JSON header (4 bytes, big-endian), the header
+        (the run, the rejections, and each column's name, numpy dtype and size), then each
+        column's raw bytes: read back with ``np.frombuffer``, no pickle, no zip to open."""
+        columns = [(name, np.ascontiguousarray(getattr(self, name))) for name in _TABLE_ARRAYS]
+        header = json.dumps(
+            {
+                "run_uuid": self.run_uuid,
+                "rejections": [[r.index, r.key, r.reason] for r in self.rejections],
+                "columns": [[name, array.dtype.str, array.nbytes] for name, array in columns],
+            }
+        ).encode()
+        return b"".join(
+            [TABLE_MAGIC, len(header).to_bytes(4, "big"), header]
+            + [array.tobytes() for _, array in columns]
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EnrolmentTable:
+        try:
+            if not data.startswith(TABLE_MAGIC):
+                raise ValueError("no table magic")
+            start = len(TABLE_MAGIC) + 4
+            end = start + int.from_bytes(data[len(TABLE_MAGIC) : start], "big")
+            header = json.loads(data[start:end])
+            arrays = {}
+            view = memoryview(data)
+            for name, dtype, size in header["columns"]:
+                if name not in _TABLE_DTYPES or not re.fullmatch(_TABLE_DTYPES[name], dtype):
+                    raise ValueError(f"unexpected column {name!r} {dtype!r}")
+                arrays[name] = np.frombuffer(view[end : end + size], dtype=np.dtype(dtype))
+                end += size
+            if end != len(data) or set(arrays) != set(_TABLE_ARRAYS):
+                raise ValueError("columns do not fill the table")
+            if len({len(a) for a in arrays.values()}) != 1:
+                raise ValueError("columns of different lengths")
+            rejections = tuple(
+                Rejection(int(i), None if k is None else str(k), str(reason))
+                for i, k, reason in header["rejections"]
+            )
+            return cls(run_uuid=str(header["run_uuid"]), rejections=rejections, **arrays)
+        except Exception as error:  # whatever a damaged entry does, it is not a table
+            raise TableFormatError(f"not an enrolment table: {type(error).__name__}") from None
+
+
+TABLE_MAGIC = b"PDET1\n"  # partners_dagster enrolment table, format 1
+_TABLE_ARRAYS = (
+    "membership_uuid",
+    "status",
+    "activated_at",
+    "deactivated_at",
+    "steps_completed_count",
+    "steps_completed_ratio",
+)
+# The dtypes a stored column may have (never "O": object arrays would need pickle).
+_TABLE_DTYPES = {
+    "membership_uuid": r"\|S36",
+    "status": r"<U\d{1,4}",
+    "activated_at": r"<M8\[ns\]",
+    "deactivated_at": r"<M8\[ns\]",
+    "steps_completed_count": r"<i8",
+    "steps_completed_ratio": r"<f8",
+}
+
+
+def enrolment_table(report: EnrolmentReport) -> EnrolmentTable:
+    """The columns of a parsed report."""
+    rows = report.enrolments
+
+    def times(name: str) -> np.ndarray:
+        values = [getattr(e, name) for e in rows]
+        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).to_numpy(
+            dtype="datetime64[ns]"
+        )
+
+    return EnrolmentTable(
+        run_uuid=report.run_uuid,
+        membership_uuid=np.array([e.membership_uuid for e in rows], dtype="S36"),
+        status=np.array([e.status for e in rows], dtype=str),
+        activated_at=times("activated_at"),
+        deactivated_at=times("deactivated_at"),
+        steps_completed_count=np.array([e.steps_completed_count for e in rows], dtype=np.int64),
+        steps_completed_ratio=np.array([e.steps_completed_ratio for e in rows], dtype=np.float64),
+        rejections=tuple(report.rejections),
+    )
+
+
+def enrolment_tables_frame(
+    tables: Sequence[EnrolmentTable], extra: dict[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """One frame of ``ENROLMENT_TABLE_COLUMNS`` (UUIDs and status as ``str`` objects, times
+    as UTC datetimes) from many tables, plus ``extra`` columns given one value per table."""
+    lengths = [len(t) for t in tables]
+
+    def joined(name: str, dtype: Any) -> np.ndarray:
+        parts = [getattr(t, name) for t in tables]
+        return np.concatenate(parts) if parts else np.array([], dtype=dtype)
+
+    def per_table(values: Sequence[str]) -> np.ndarray:
+        return np.repeat(np.array(list(values), dtype=object), lengths)
+
+    frame = pd.DataFrame(
+        {
+            "run_uuid": per_table([t.run_uuid for t in tables]),
+            "membership_uuid": np.array(
+                joined("membership_uuid", "S36").astype(str).tolist(), dtype=object
+            ),
+            "status": np.array(joined("status", str).tolist(), dtype=object),
+            "activated_at": pd.to_datetime(joined("activated_at", "datetime64[ns]"), utc=True),
+            "deactivated_at": pd.to_datetime(joined("deactivated_at", "datetime64[ns]"), utc=True),
+            "steps_completed_count": joined("steps_completed_count", np.int64),
+            "steps_completed_ratio": joined("steps_completed_ratio", np.float64),
+        }
+    )
+    for name, values in (extra or {}).items():
+        frame[name] = per_table(values)
+    return frame
 
 
 # -- field readers -------------------------------------------------------------------------

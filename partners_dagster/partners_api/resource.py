@@ -152,6 +152,12 @@ class PartnersApiResource(ConfigurableResource):
             self.setup_for_execution(None)  # type: ignore[arg-type]
         return self._client
 
+    def client_for(self, run_options: Any) -> PartnersApiClient:
+        """The client, asking the API again this run when ``run_options.refetch``."""
+        client = self.client
+        client.refetch = bool(getattr(run_options, "refetch", False))
+        return client
+
     @property
     def ignored_courses(self) -> frozenset[str]:
         return parse_uuid_list(self.ignored_course_uuids)

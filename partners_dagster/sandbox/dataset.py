@@ -328,18 +328,61 @@ def generate(scale: str = "tiny", seed: int = 1) -> SandboxDataset:
     )
 
 
+# The models of a steady night's changes (`advance_night`, `partners-dagster bench --changes`).
+CHANGE_MODELS = ("realistic", "uniform")
+# realistic: tonight is a week after the newest run started; a learner on a run that started
+# d days ago makes progress tonight with probability ACTIVE_SHARE * 0.5 ** (d / HALF_LIFE);
+# new learners enrol on the runs that started in the last NEW_RUN_DAYS.
+NIGHT_AFTER_NEWEST_START_DAYS = 7
+ACTIVE_SHARE = 0.3
+ACTIVE_HALF_LIFE_DAYS = 14
+NEW_RUN_DAYS = 28
+
+
+def run_ages_days(dataset: SandboxDataset) -> np.ndarray:
+    """Each run's age tonight in days (tonight: a week after the newest run started)."""
+    start = dataset.runs["start_time"].to_numpy()
+    tonight = start.max() + NIGHT_AFTER_NEWEST_START_DAYS * DAY
+    return (tonight - start) / DAY
+
+
+def progress_odds(dataset: SandboxDataset, model: str, changes: float) -> np.ndarray:
+    """Per run, the probability that one of its learners makes progress tonight."""
+    if model == "uniform":
+        return np.full(len(dataset.runs), changes)
+    if model != "realistic":
+        raise ValueError(
+            f"unknown change model {model!r}; choose one of {', '.join(CHANGE_MODELS)}"
+        )
+    age = run_ages_days(dataset)
+    return np.where(
+        age >= 0, ACTIVE_SHARE * 0.5 ** (np.maximum(age, 0) / ACTIVE_HALF_LIFE_DAYS), 0.0
+    )
+
+
 def advance_night(
-    dataset: SandboxDataset, seed: int, *, new_learners: float = 0.01, changes: float = 0.05
+    dataset: SandboxDataset,
+    seed: int,
+    *,
+    new_learners: float = 0.01,
+    changes: float = 0.05,
+    model: str = "uniform",
 ) -> dict:
-    """The next night's data: ``changes`` of the enrolments progress (some learners leave),
-    and ``new_learners`` (as a share of learners) Teach Computing users who had never used
-    FutureLearn join, by id or email, and enrol on a few runs. Changes ``dataset`` in place."""
+    """The next night's data: some learners progress (some of them leave), and
+    ``new_learners`` (as a share of learners) Teach Computing users who had never used
+    FutureLearn join, by id or email, and enrol on a few runs. Changes ``dataset`` in place.
+
+    ``model`` says who progresses: ``uniform``, ``changes`` of all enrolments, on any run, and
+    the new learners on any known run; ``realistic``, by how recently their run started (see
+    ``progress_odds``), and the new learners on the known runs that started in the last
+    ``NEW_RUN_DAYS`` days (the newest few if none did)."""
+    odds = progress_odds(dataset, model, changes)
     rng = np.random.default_rng(seed)
     enrolments = dataset.enrolments.copy()
     steps = dataset.courses.set_index("course_uuid")["steps"]
     run_steps = dataset.runs["course_uuid"].map(steps).to_numpy()
 
-    changed = rng.random(len(enrolments)) < changes
+    changed = rng.random(len(enrolments)) < odds[enrolments["run"].to_numpy()]
     total = run_steps[enrolments["run"].to_numpy()]
     count = enrolments["steps_completed_count"].to_numpy()
     grown = np.minimum(
@@ -387,6 +430,10 @@ def advance_night(
     known_runs = np.flatnonzero(
         dataset.runs["course_uuid"].isin(dataset.known_course_uuids).to_numpy()
     )
+    if model == "realistic":
+        by_age = known_runs[np.argsort(run_ages_days(dataset)[known_runs], kind="stable")]
+        recent = run_ages_days(dataset)[by_age] <= NEW_RUN_DAYS
+        known_runs = by_age[: max(int(recent.sum()), min(3, len(by_age)))]
     per_learner = rng.integers(1, 4, n_new)
     run = rng.choice(known_runs, per_learner.sum())
     start = dataset.runs["start_time"].to_numpy()[run]
@@ -403,10 +450,14 @@ def advance_night(
             "steps_completed_ratio": new_count / ratio_steps,
         }
     ).drop_duplicates(["run", "membership"])
+    runs_changed = set(enrolments["run"].to_numpy()[changed].tolist())
+    runs_changed.update(new_enrolments["run"].tolist())
     dataset.memberships = pd.concat([dataset.memberships, new_memberships], ignore_index=True)
     dataset.enrolments = pd.concat([enrolments, new_enrolments], ignore_index=True)
     dataset.reindex()
     return {
+        "model": model,
+        "runs_changed": len(runs_changed),
         "enrolments_changed": int(changed.sum()),
         "new_learners": int(n_new),
         "new_enrolments": len(new_enrolments),

@@ -1,7 +1,8 @@
 """A local stand-in for FutureLearn's Partners API sandbox.
 
-Serves the four endpoints of partners-api.md with the recorded shapes and headers,
-checks every JWT like the real API, and can inject faults (latency, 500s, 429s,
+Serves the four endpoints of docs/partners-api.md with the recorded shapes and headers, plays
+Rails (compact JSON, Rack's weak ETag, and a ``304`` with no body for a matching
+``If-None-Match``), checks every JWT like the real API, and can inject faults (latency, 500s, 429s,
 dropped connections, slow responses, tokens rejected early) for tests and
 benchmarks. Control endpoints under ``/_sandbox`` expose request counts and let a test
 change faults or override a path's response; they want the server's control token in
@@ -47,9 +48,11 @@ DEFAULT_CONSUMER_SECRET = "sandbox-consumer-secret-not-for-production"
 
 OK_HEADERS = {"Cache-Control": "max-age=0, private, must-revalidate"}
 NOT_FOUND_HEADERS = {"Cache-Control": "no-cache"}
+# How Rails renders JSON: no spaces, non-ASCII characters as they are.
+COMPACT_JSON = {"separators": (",", ":"), "ensure_ascii": False}
 
 CONTROL_TOKEN_HEADER = "X-Sandbox-Control-Token"
-# The real contract (partners-api.md): HS256, numeric iat and exp, a short lifetime.
+# The real contract (docs/partners-api.md): HS256, numeric iat and exp, a short lifetime.
 MAX_TOKEN_LIFETIME_SECONDS = 300
 # How far in the future an iat may lie: clocks of client and server differ a little.
 IAT_LEEWAY_SECONDS = 30
@@ -235,8 +238,30 @@ def _iso(epoch: int) -> str | None:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+def rails_etag(body: bytes) -> str:
+    """The weak ETag Rack::ETag gives a body: the first 32 hex digits of its SHA-256."""
+    return f'W/"{hashlib.sha256(body).hexdigest()[:32]}"'
+
+
+def _ok_headers(body: bytes) -> dict[str, str]:
+    return dict(OK_HEADERS, ETag=rails_etag(body))
+
+
+def _not_modified(request: Request, body: bytes) -> Response | None:
+    """Rack::ConditionalGet: a ``304`` with no body when ``If-None-Match`` names the body's
+    ETag (or is ``*``); ``None`` when the body must be sent."""
+    asked = request.headers.get("if-none-match")
+    if not asked:
+        return None
+    etag = rails_etag(body)
+    tags = {tag.strip() for tag in asked.split(",")}
+    if "*" not in tags and etag not in tags:
+        return None
+    return Response(status_code=304, headers=_ok_headers(body))
+
+
 def _json_str(value: str | None) -> str:
-    return "null" if value is None else json.dumps(value)
+    return "null" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 class _DroppedResponse(Response):
@@ -280,6 +305,7 @@ class SandboxApi:
         self._lock = threading.Lock()
         self.requests: Counter = Counter()  # endpoint -> requests received
         self.responses: Counter = Counter()  # (endpoint, status) -> responses sent
+        self.bytes_sent: Counter = Counter()  # endpoint -> bytes of the bodies sent
         self.tokens_seen: set[str] = set()  # every bearer token presented, for leak tests
         self._index_memberships()
         self.app = Starlette(
@@ -321,6 +347,7 @@ class SandboxApi:
                 {
                     "requests": dict(self.requests),
                     "responses": {f"{e} {s}": n for (e, s), n in self.responses.items()},
+                    "bytes": dict(self.bytes_sent),
                 }
             )
 
@@ -329,21 +356,28 @@ class SandboxApi:
         with self._lock:
             self.requests.clear()
             self.responses.clear()
+            self.bytes_sent.clear()
         return JSONResponse({"ok": True})
 
     @_control
     async def advance(self, request: Request) -> Response:
         """Move the data on to the next night (see ``dataset.advance_night``)."""
-        from .dataset import advance_night
+        from .dataset import CHANGE_MODELS, advance_night
 
         body = await _json_body(request, empty={})
-        if not isinstance(body, dict) or set(body) - {"seed"}:
-            raise ValueError('the body must be a JSON object {"seed": <integer>} or empty')
+        if not isinstance(body, dict) or set(body) - {"seed", "changes"}:
+            raise ValueError(
+                'the body must be a JSON object {"seed": <integer>, "changes": '
+                f"<one of {list(CHANGE_MODELS)}>}} or empty"
+            )
         seed = body.get("seed", 1)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, not {seed!r:.80}")
+        model = body.get("changes", "uniform")
+        if model not in CHANGE_MODELS:
+            raise ValueError(f"changes must be one of {list(CHANGE_MODELS)}, not {model!r:.80}")
         with self._lock:
-            changes = advance_night(self.dataset, seed)
+            changes = advance_night(self.dataset, seed, model=model)
             self._index_memberships()
         return JSONResponse(changes)
 
@@ -394,6 +428,7 @@ class SandboxApi:
         response = await self._respond(request, endpoint, render, force_status)
         with self._lock:
             self.responses[(endpoint, response.status_code)] += 1
+            self.bytes_sent[endpoint] += len(response.body)
         return response
 
     async def _respond(
@@ -406,11 +441,15 @@ class SandboxApi:
             return PlainTextResponse("HTTP Token: Access denied.\n", status_code=401)
         override = faults.overrides.get(request.url.path)
         if override:
+            status = override.get("status", 200)
+            data = override.get("body", "").encode()
+            if status == 200 and (not_modified := _not_modified(request, data)) is not None:
+                return not_modified
             return Response(
-                override.get("body", ""),
-                status_code=override.get("status", 200),
+                data,
+                status_code=status,
                 media_type=override.get("content_type", "application/json"),
-                headers=OK_HEADERS,
+                headers=_ok_headers(data) if status == 200 else OK_HEADERS,
             )
         if force_status:
             return PlainTextResponse("Internal Server Error", status_code=force_status)
@@ -432,7 +471,10 @@ class SandboxApi:
         if body is None:
             return JSONResponse({"error": "not_found"}, status_code=404, headers=NOT_FOUND_HEADERS)
         data = body.encode()
-        headers = dict(OK_HEADERS, ETag=f'W/"{hashlib.md5(data).hexdigest()}"')
+        # Rails builds the body, then Rack::ConditionalGet sends none if the client has it.
+        if (not_modified := _not_modified(request, data)) is not None:
+            return not_modified
+        headers = _ok_headers(data)
         if fault == "drop":
             return _DroppedResponse(data, media_type="application/json", headers=headers)
         return Response(data, media_type="application/json", headers=headers)
@@ -500,10 +542,14 @@ class SandboxApi:
         }
 
     def _runs_json(self, base: str) -> str:
-        return json.dumps([self._run_obj(base, row) for row in self.dataset.runs.itertuples()])
+        return json.dumps(
+            [self._run_obj(base, row) for row in self.dataset.runs.itertuples()], **COMPACT_JSON
+        )
 
     def _run_json(self, base: str, run: int) -> str:
-        return json.dumps(self._run_obj(base, next(self.dataset.runs.iloc[[run]].itertuples())))
+        return json.dumps(
+            self._run_obj(base, next(self.dataset.runs.iloc[[run]].itertuples())), **COMPACT_JSON
+        )
 
     def _report_json(self, base: str, run: int) -> str:
         run_uuid = self.dataset.runs["run_uuid"].iat[run]
@@ -541,7 +587,8 @@ class SandboxApi:
                     "href": f"{base}/partners/learners/{row['learner_uuid']}",
                 },
                 "external_learner_id": row["external_learner_id"],
-            }
+            },
+            **COMPACT_JSON,
         )
 
 
@@ -592,7 +639,8 @@ class SandboxControl:
         return response.json()
 
     def stats(self) -> dict:
-        """``{"requests": {endpoint: n}, "responses": {"endpoint status": n}}``"""
+        """``{"requests": {endpoint: n}, "responses": {"endpoint status": n},
+        "bytes": {endpoint: bytes of the bodies sent}}``"""
         return self._call("GET", "stats")
 
     def reset_stats(self) -> None:
@@ -606,9 +654,10 @@ class SandboxControl:
         body = asdict(faults) if isinstance(faults, Faults) else dict(faults or {})
         return self._call("PUT", "faults", {**body, **fields})
 
-    def advance(self, seed: int = 1, *, timeout: float = 120.0) -> dict:
-        """Move the data on one night; the changes made (a large dataset takes a while)."""
-        return self._call("POST", "advance", {"seed": seed}, timeout=timeout)
+    def advance(self, seed: int = 1, *, changes: str = "uniform", timeout: float = 120.0) -> dict:
+        """Move the data on one night, by the change model ``changes`` (``dataset.CHANGE_MODELS``);
+        the changes made (a large dataset takes a while)."""
+        return self._call("POST", "advance", {"seed": seed, "changes": changes}, timeout=timeout)
 
     def close(self) -> None:
         self._session.close()

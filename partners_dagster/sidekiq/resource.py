@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from ..settings import DEFAULT_GLOBALID_APP
+
 if TYPE_CHECKING:  # redis-py is imported when a client is made, not when definitions load.
     import redis
 
     from partners_dagster.sidekiq.delivery import DeliveryResult, OutboxStore
-
-DEFAULT_GLOBALID_APP = "teach-computing"
 
 
 class SidekiqResource(ConfigurableResource):

@@ -21,11 +21,15 @@ MAX_WAIT = timedelta(days=1)
 class RepositoryOutboxStore:
     """``partners_dagster_outbox`` as delivery's ``OutboxStore``: each call commits."""
 
-    def __init__(self, repository: TeachComputingRepository):
+    def __init__(self, repository: TeachComputingRepository, *, only_run_id: str | None = None):
         self.repository = repository
+        # A scoped run delivers only the rows it queued: other users' rows are not its own.
+        self.only_run_id = only_run_id
 
     def pending_rows(self) -> Sequence[OutboxRow]:
         pending = self.repository.outbox(pending_only=True)
+        if self.only_run_id is not None:
+            pending = pending[pending["dagster_run_id"] == self.only_run_id]
         return [
             OutboxRow(
                 id=int(row.id),

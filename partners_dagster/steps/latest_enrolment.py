@@ -3,6 +3,7 @@ known course."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pandas as pd
@@ -34,12 +35,19 @@ class LatestEnrolmentSet:
 
 
 def select_latest_enrolments(
-    course_enrolments: CourseEnrolments, links: pd.DataFrame, activities: pd.DataFrame
+    course_enrolments: CourseEnrolments,
+    links: pd.DataFrame,
+    activities: pd.DataFrame,
+    *,
+    users: Collection[str] | None = None,
 ) -> LatestEnrolmentSet:
     """For every linked user and known course, the latest enrolment across all runs of the
     course and all the user's memberships. Courses with a run that could not be read whole
-    are left out (an older enrolment must not drop a learner)."""
+    are left out (an older enrolment must not drop a learner). ``users``: only these (a
+    scoped run); None: everyone."""
     enrolments = course_enrolments.enrolments
+    if users is not None:
+        links = links[links["user_id"].isin(set(users))]
     linked = enrolments.merge(
         links[["membership_uuid", "user_id"]], on="membership_uuid", how="inner"
     )
@@ -58,9 +66,22 @@ def select_latest_enrolments(
 
 def _skipped_courses(course_enrolments: CourseEnrolments) -> pd.DataFrame:
     reasons: dict[str, list[str]] = {}
-    for course_uuid, runs in course_enrolments.failed_runs.groupby("course_uuid")["run_uuid"]:
+    shrunk = course_enrolments.shrunk_reports
+    unread = course_enrolments.failed_runs
+    unread = unread[~unread["run_uuid"].isin(set(shrunk["run_uuid"]))]
+    for course_uuid, runs in unread.groupby("course_uuid")["run_uuid"]:
         reasons.setdefault(course_uuid, []).append(
             f"{len(runs)} run(s) could not be fetched: {', '.join(sorted(runs))}"
+        )
+    for course_uuid, rows in shrunk.groupby("course_uuid"):
+        reasons.setdefault(course_uuid, []).append(
+            "report shrank: "
+            + ", ".join(
+                f"{run} from {before} to {after}"
+                for run, before, after in zip(
+                    rows["run_uuid"], rows["remembered"], rows["enrolments"], strict=True
+                )
+            )
         )
     for course_uuid, rows in course_enrolments.rejections.groupby("course_uuid"):
         reasons.setdefault(course_uuid, []).append(f"{len(rows)} malformed enrolment record(s)")

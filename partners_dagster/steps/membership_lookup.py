@@ -11,8 +11,10 @@ import pandas as pd
 
 from .course_reports import CourseEnrolments
 from .membership_matching import (
+    FORGOTTEN,
     LookupPlan,
     enrolment_counts,
+    erase_forgotten,
     fetch_memberships,
     plan_membership_lookups,
     remembered_answers,
@@ -45,12 +47,15 @@ def look_up_memberships(
     dagster_run_id: str,
     now: datetime,
     refresh_days: float,
+    record: bool = True,
 ) -> MembershipLookups:
     """Ask the API about the memberships that are new or due, remember every answer (with how
     many enrolments and courses each carries tonight), and return those answers with the
     remembered ones. A due refresh that failed is matched on its last answer tonight, and
-    stays due."""
+    stays due. An answer that names a forgotten user is stored without its email.
+    ``record`` False (a dry run): the API is asked, and nothing is remembered."""
     lookups = repository.membership_lookups()
+    users = repository.users()
     plan = plan_membership_lookups(
         course_enrolments.enrolments,
         repository.linked_memberships(),
@@ -66,16 +71,21 @@ def look_up_memberships(
     parts = []
     for start in range(0, len(plan.to_fetch), RECORD_EVERY):
         share = plan.to_fetch[start : start + RECORD_EVERY]
-        part = fetch_memberships(client, share)
-        repository.record_lookups(part, dagster_run_id, counts.loc[share])
+        part = erase_forgotten(fetch_memberships(client, share), users)
+        if record:
+            repository.record_lookups(part, dagster_run_id, counts.loc[share])
         parts.append(part)
     fetched = (
         pd.concat(parts, ignore_index=True).sort_values("membership_uuid", ignore_index=True)
         if parts
-        else fetch_memberships(client, [])
+        else erase_forgotten(fetch_memberships(client, []), users)
     )
     remembered = plan.remembered["membership_uuid"]
-    repository.record_lookups(fetched.iloc[0:0], dagster_run_id, counts.loc[remembered])
+    if record:
+        repository.record_lookups(fetched.iloc[0:0], dagster_run_id, counts.loc[remembered])
+    fetched = fetched.assign(
+        fetch_status=fetched["fetch_status"].where(~fetched["forgotten"], FORGOTTEN)
+    ).drop(columns="forgotten")
     failed = set(fetched.loc[fetched["fetch_status"] == "failed", "membership_uuid"])
     stale = remembered_answers(lookups, failed)
     memberships = pd.concat(

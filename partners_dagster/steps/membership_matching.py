@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..partners_api.errors import NotFoundError, PartnersApiError
-from ..rules import lookup_due_at, match_user, user_ids_by_email
+from ..rules import lookup_due_at, lookups_naming_forgotten_users, match_user, user_ids_by_email
 
 if TYPE_CHECKING:
     from ..partners_api.client import PartnersApiClient
@@ -66,16 +66,7 @@ def plan_membership_lookups(
         on_reports=len(seen),
         already_linked=len(seen) - len(unlinked),
         to_fetch=sorted(never | set(due)),
-        remembered=pd.DataFrame(
-            {
-                "membership_uuid": remembered["membership_uuid"],
-                "learner_uuid": remembered["learner_uuid"],
-                "external_learner_id": remembered["external_learner_id"],
-                "fetch_status": remembered["status"],
-                "error": None,
-            },
-            columns=MEMBERSHIP_COLUMNS,
-        ).reset_index(drop=True),
+        remembered=_as_memberships(remembered),
         never_looked_up=len(never),
     )
 
@@ -105,7 +96,7 @@ class MembershipMatches:
 
 
 def match_memberships(memberships: pd.DataFrame, users: pd.DataFrame) -> MembershipMatches:
-    """Match each found membership to the user its ``external_learner_id`` names (DESIGN.md,
+    """Match each found membership to the user its ``external_learner_id`` names (docs/rules.md,
     "Memberships"). ``users``: id, email (may be null), forgotten. Forgotten users are never
     matched; users without an email only by id; a value naming two users is ambiguous."""
     found = memberships[memberships["fetch_status"] == "found"]
@@ -148,14 +139,38 @@ def remembered_answers(lookups: pd.DataFrame, membership_uuids: set[str]) -> pd.
     """MEMBERSHIP_COLUMNS from the memory for those of ``membership_uuids`` it holds: a due
     lookup whose refresh failed tonight is matched again on its last answer, like every
     remembered lookup (it stays due, so it is asked again next night)."""
-    known = lookups[lookups["membership_uuid"].isin(membership_uuids)]
+    return _as_memberships(lookups[lookups["membership_uuid"].isin(membership_uuids)])
+
+
+FORGOTTEN = "forgotten"  # a fetch_status: the answer named a forgotten user, and was erased
+
+
+def _as_memberships(lookups: pd.DataFrame) -> pd.DataFrame:
+    """MEMBERSHIP_COLUMNS from remembered lookups; one whose email was erased because it
+    named a forgotten user has fetch_status ``forgotten``: never matched, never listed."""
+    erased = (
+        lookups["forgotten_at"].notna()
+        if "forgotten_at" in lookups
+        else pd.Series(False, index=lookups.index)
+    )
     return pd.DataFrame(
         {
-            "membership_uuid": known["membership_uuid"],
-            "learner_uuid": known["learner_uuid"],
-            "external_learner_id": known["external_learner_id"],
-            "fetch_status": known["status"],
+            "membership_uuid": lookups["membership_uuid"],
+            "learner_uuid": lookups["learner_uuid"],
+            "external_learner_id": lookups["external_learner_id"],
+            "fetch_status": lookups["status"].where(~erased, FORGOTTEN),
             "error": None,
         },
         columns=MEMBERSHIP_COLUMNS,
     ).reset_index(drop=True)
+
+
+def erase_forgotten(fetched: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """``fetched`` (MEMBERSHIP_COLUMNS) with a ``forgotten`` column: an answer whose external
+    id names a forgotten user (and no other) keeps no email, before it is stored anywhere."""
+    naming = set(lookups_naming_forgotten_users(fetched, users))
+    forgotten = fetched["membership_uuid"].isin(naming)
+    return fetched.assign(
+        external_learner_id=fetched["external_learner_id"].where(~forgotten, None),
+        forgotten=forgotten,
+    )

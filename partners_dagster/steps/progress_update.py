@@ -5,6 +5,7 @@ on a temporary database."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from ..rules import (
 )
 from .course_progress import CourseFacts, plan_course_progress, plan_violations
 from .latest_enrolment import LatestEnrolmentSet
+from .night_plan import NightPlan
 
 if TYPE_CHECKING:  # SQLAlchemy loads when a run uses the repository
     from ..teachcomputing.repository import TeachComputingRepository
@@ -66,10 +68,17 @@ def update_achievement_progress(
     dagster_run_id: str,
     globalid_app: str,
     now: datetime | None = None,
+    dry_run: bool = False,
+    plan: NightPlan | None = None,
+    on_course: Callable[[int, int], None] | None = None,
 ) -> ProgressCounts:
     """For every known course with latest enrolments: create missing achievements, then, on
     what is stored at that moment, move progress and state and queue the follow-up jobs,
-    all in that course's transaction. Forgotten users are left alone."""
+    all in that course's transaction. Forgotten users are left alone.
+
+    ``dry_run``: each course is planned in a read-only transaction that locks nothing, and
+    nothing is written. ``plan`` receives every change made (or that would be made), one a
+    line; ``on_course(done, total)`` is told after each course."""
     from sqlalchemy.exc import SQLAlchemyError
 
     now = now or datetime.now(UTC)
@@ -86,32 +95,37 @@ def update_achievement_progress(
     forgotten = repository.forgotten_user_ids()
     counts: Counter = Counter()
     applied = 0
-    for activity_id, rows in latest.latest.groupby("activity_id", sort=True):
+    plan = plan if plan is not None else NightPlan()
+    courses = latest.latest.groupby("activity_id", sort=True)
+    for done, (activity_id, rows) in enumerate(courses, start=1):
         kept = rows[~rows["user_id"].isin(forgotten)]
         counts["skipped_forgotten"] += len(rows) - len(kept)
-        if kept.empty:
-            continue
-        activity = activities.loc[activity_id]
-        facts = CourseFacts(
-            activity_id=activity_id,
-            credit=None if pd.isna(activity["credit"]) else float(activity["credit"]),
-            category=activity["category"] if isinstance(activity["category"], str) else None,
-            programmes=programmes,
-            users_with_csa_enrolment=users_with_csa,
-            globalid_app=globalid_app,
-            dagster_run_id=dagster_run_id,
-            now=now,
-        )
-        programme_ids = catalogue.programme_ids_by_activity.get(activity_id, [])
-        try:
-            counts += _apply_course(repository, kept, facts, programme_ids, enrolments_by_user)
-        except SQLAlchemyError as error:
-            raise CourseWriteError(
-                f"database error on course {activity['course_uuid']} ({activity['title']!r}); "
-                f"that course was rolled back, {applied} course(s) before it were applied: "
-                f"{error.__class__.__name__}: {str(error).splitlines()[0][:300]}"
-            ) from error
-        applied += 1
+        if not kept.empty:
+            activity = activities.loc[activity_id]
+            facts = CourseFacts(
+                activity_id=activity_id,
+                credit=None if pd.isna(activity["credit"]) else float(activity["credit"]),
+                category=activity["category"] if isinstance(activity["category"], str) else None,
+                programmes=programmes,
+                users_with_csa_enrolment=users_with_csa,
+                globalid_app=globalid_app,
+                dagster_run_id=dagster_run_id,
+                now=now,
+            )
+            programme_ids = catalogue.programme_ids_by_activity.get(activity_id, [])
+            try:
+                counts += _apply_course(
+                    repository, kept, facts, programme_ids, enrolments_by_user, dry_run, plan
+                )
+            except SQLAlchemyError as error:
+                raise CourseWriteError(
+                    f"database error on course {activity['course_uuid']} ({activity['title']!r}); "
+                    f"that course was rolled back, {applied} course(s) before it were applied: "
+                    f"{error.__class__.__name__}: {str(error).splitlines()[0][:300]}"
+                ) from error
+            applied += 1
+        if on_course is not None:
+            on_course(done, courses.ngroups)
     audit = repository.run_audit(dagster_run_id)
     return ProgressCounts(
         courses_applied=applied,
@@ -139,9 +153,11 @@ def _apply_course(
     facts: CourseFacts,
     programme_ids: list[str],
     enrolments_by_user: dict[str, list[ProgrammeEnrolment]],
+    dry_run: bool,
+    night_plan: NightPlan,
 ) -> Counter:
     counts: Counter = Counter()
-    with repository.course_transaction(facts.activity_id) as course:
+    with repository.course_transaction(facts.activity_id, dry_run=dry_run) as course:
         stored = course.achievements()
         missing = sorted(set(latest["user_id"]) - set(stored["user_id"]))
         created = course.create_achievements(
@@ -164,9 +180,17 @@ def _apply_course(
         stored = stored[stored["user_id"].isin(latest["user_id"])]
         plan = plan_course_progress(latest, stored, facts, created["id"])
         counts.update(plan_violations(stored, plan))
-        counts["follow_up_jobs"] += course.write(
-            plan.updates, plan.transitions, plan.job_rows(facts.dagster_run_id, facts.now)
-        )
+        jobs = plan.job_rows(facts.dagster_run_id, facts.now)
+        new_jobs = course.write(plan.updates, plan.transitions, jobs)
+        counts["follow_up_jobs"] += len(new_jobs)
+    night_plan.course(
+        facts.activity_id,
+        stored=stored,
+        created=created,
+        updates=plan.updates,
+        transitions=plan.transitions,
+        jobs=[job for job in jobs if job["dedup_key"] in new_jobs],
+    )
     counts["created"] += len(created)
     counts.update(plan.counts)
     return counts

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the tables the jobs read and write (DESIGN.md, "Database").
+"""SQLAlchemy models of the tables the jobs read and write (docs/database.md).
 
 Two sets, kept apart on purpose:
 
@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .types import (
     BigIntegerKey,
+    EmptyTextArray,
     JSONDocument,
     RailsTimestamp,
     TextArray,
@@ -82,7 +83,7 @@ class User(WebsiteBase):
     email: Mapped[str | None] = mapped_column(String)
     # The memberships linked to this user: lowercase UUIDs with dashes.
     future_learn_organisation_memberships: Mapped[list[str]] = mapped_column(
-        TextArray, nullable=False, default=list, server_default=text("'{}'")
+        TextArray, nullable=False, default=list, server_default=EmptyTextArray()
     )
     forgotten: Mapped[bool | None] = mapped_column(
         Boolean, default=False, server_default=text("false")
@@ -226,6 +227,22 @@ class MembershipLookup(OwnBase):
     # What the membership carries on the latest reports (null until a night has counted).
     enrolments: Mapped[int | None] = mapped_column(Integer)
     courses: Mapped[int | None] = mapped_column(Integer)
+    # Set when the external_learner_id named a user the website has forgotten: erased then,
+    # and the lookup is never matched or listed as unmatched (docs/rules.md, "Forgotten users").
+    forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReportSize(OwnBase):
+    """How many enrolments a run's last accepted report held: a report that shrinks below
+    half of it (or to nothing) is not read as whole (docs/rules.md, "A shrinking report")."""
+
+    __tablename__ = "partners_dagster_report_sizes"
+
+    run_uuid: Mapped[str] = mapped_column(UUIDText, primary_key=True)
+    course_uuid: Mapped[str | None] = mapped_column(UUIDText)
+    enrolments: Mapped[int] = mapped_column(Integer, nullable=False)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class OutboxJob(OwnBase):

@@ -1,6 +1,6 @@
 """Every read and write of the Teach Computing database the jobs make.
 
-The website's tables are written as the website writes them (DESIGN.md, "Database"):
+The website's tables are written as the website writes them (docs/database.md):
 links in ``users.future_learn_organisation_memberships``, achievement state as
 statesman transitions. Set-based statements only (no query per row), one transaction per
 unit of work, and idempotent writes: a unit run twice changes nothing the second time.
@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
+from ..rules import LinkPlan, lookups_naming_forgotten_users, plan_links
 from .engine import read_only
 from .models import (
     Achievement,
@@ -29,6 +30,7 @@ from .models import (
     OutboxJob,
     Programme,
     ProgrammeActivity,
+    ReportSize,
     User,
     UserProgrammeEnrolment,
     UserProgrammeEnrolmentTransition,
@@ -56,6 +58,15 @@ class LinkResult:
     conflicts: list[dict] = field(
         default_factory=list
     )  # membership_uuid, linked_user_id, matched_user_id
+    links: pd.DataFrame = field(  # the links made: membership_uuid, user_id, matched_by
+        default_factory=lambda: pd.DataFrame(columns=["membership_uuid", "user_id", "matched_by"])
+    )
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    link_rows: int  # link rows that named a forgotten user (deleted, or would be)
+    lookups_erased: int  # lookups whose email named one (erased, or would be)
 
 
 @dataclass(frozen=True)
@@ -177,18 +188,26 @@ class TeachComputingRepository:
 
     # -- step 1: links ---------------------------------------------------------------------
 
+    def plan_links(self, links: pd.DataFrame) -> LinkPlan:
+        """Which of ``links`` (membership_uuid, user_id, matched_by) would be made now, by the
+        users' arrays as they are (read only): see ``plan_links``."""
+        return plan_links(links, self.linked_memberships())
+
     def link_memberships(self, links: pd.DataFrame, dagster_run_id: str) -> LinkResult:
         """Link each ``membership_uuid`` to its ``user_id`` (``matched_by`` says how), in one
         transaction: a ``partners_dagster_membership_links`` row, and the UUID appended to
         the user's ``future_learn_organisation_memberships``.
 
-        The link row's primary key decides between two nights running at once: only the
-        transaction whose row went in appends, so a membership never lands in two arrays
-        or twice in one, and no table lock is taken on ``users``. A membership already
-        linked is never moved; one a concurrent run linked to another user is reported.
+        The users' arrays are the truth: a membership in no array is linked, and a link row
+        left naming it (the website removed it, or deleted or forgot the user) is replaced;
+        one in an array is never moved (another user's is a conflict, reported). The link
+        row's primary key decides between two nights running at once: only the transaction
+        whose row went in appends, so a membership never lands in two arrays or twice in
+        one, and no table lock is taken on ``users``.
         """
-        if links.empty:
-            return LinkResult(0, 0)
+        plan = self.plan_links(links)
+        if plan.links.empty:
+            return LinkResult(0, plan.already_linked, plan.conflicts, plan.links)
         now = utcnow()
         rows = [
             {
@@ -199,12 +218,18 @@ class TeachComputingRepository:
                 "dagster_run_id": dagster_run_id,
             }
             for m, u, how in zip(
-                links["membership_uuid"], links["user_id"], links["matched_by"], strict=True
+                plan.links["membership_uuid"],
+                plan.links["user_id"],
+                plan.links["matched_by"],
+                strict=True,
             )
         ]
         table = MembershipLink.__table__
         won: list[str] = []
         with self.engine.begin() as connection:
+            memberships = [r["membership_uuid"] for r in rows]
+            for chunk in batches(memberships):
+                connection.execute(_delete_stale_links(connection, chunk))
             for chunk in batches(rows):
                 statement = _insert(connection, table).on_conflict_do_nothing(
                     index_elements=["membership_uuid"]
@@ -215,22 +240,58 @@ class TeachComputingRepository:
             won_set = set(won)
             appended = [r for r in rows if r["membership_uuid"] in won_set]
             _append_memberships(connection, appended, now)
-            stored = _stored_links(connection, [r["membership_uuid"] for r in rows])
+            stored = _stored_links(connection, [m for m in memberships if m not in won_set])
+        # Another night linked some meanwhile: as the plan says of those already linked.
+        raced = [r for r in rows if r["membership_uuid"] not in won_set]
         conflicts = [
             {
                 "membership_uuid": r["membership_uuid"],
                 "linked_user_id": stored[r["membership_uuid"]],
                 "matched_user_id": r["user_id"],
             }
-            for r in rows
-            if r["membership_uuid"] not in won_set
-            and stored.get(r["membership_uuid"]) not in (None, r["user_id"])
+            for r in raced
+            if stored.get(r["membership_uuid"]) not in (None, r["user_id"])
         ]
         return LinkResult(
             created=len(won_set),
-            already_linked=len(rows) - len(won_set) - len(conflicts),
-            conflicts=conflicts,
+            already_linked=plan.already_linked + len(raced) - len(conflicts),
+            conflicts=plan.conflicts + conflicts,
+            links=plan.links[plan.links["membership_uuid"].isin(won_set)].reset_index(drop=True),
         )
+
+    def forget_forgotten_users(self, *, dry_run: bool = False) -> ForgetResult:
+        """What this project keeps that names a forgotten user goes: their link rows, and the
+        email of every lookup whose ``external_learner_id`` names them (by id or email, and no
+        user who is not forgotten), which stays remembered as answered (``forgotten_at``)."""
+        users = self.users()
+        forgotten = users[users["forgotten"]]
+        if forgotten.empty:
+            return ForgetResult(0, 0)
+        lookups = self.membership_lookups()
+        naming = lookups_naming_forgotten_users(lookups, users)
+        forgotten_ids = list(forgotten["id"])
+        table = MembershipLink.__table__
+        with read_only(self.engine) if dry_run else self.engine.begin() as connection:
+            link_rows = 0
+            for chunk in batches(forgotten_ids):
+                if dry_run:
+                    link_rows += connection.execute(
+                        select(func.count()).where(table.c.user_id.in_(chunk))
+                    ).scalar_one()
+                else:
+                    link_rows += connection.execute(
+                        table.delete().where(table.c.user_id.in_(chunk))
+                    ).rowcount
+            if not dry_run:
+                lookups_table = MembershipLookup.__table__
+                now = utcnow()
+                for chunk in batches(naming):
+                    connection.execute(
+                        update(lookups_table)
+                        .where(lookups_table.c.membership_uuid.in_(chunk))
+                        .values(external_learner_id=None, forgotten_at=now)
+                    )
+        return ForgetResult(link_rows=link_rows, lookups_erased=len(naming))
 
     # -- membership lookups ------------------------------------------------------------------
 
@@ -247,6 +308,7 @@ class TeachComputingRepository:
                 MembershipLookup.first_fetched_at,
                 MembershipLookup.enrolments,
                 MembershipLookup.courses,
+                MembershipLookup.forgotten_at,
             ),
             [
                 "membership_uuid",
@@ -257,6 +319,7 @@ class TeachComputingRepository:
                 "first_fetched_at",
                 "enrolments",
                 "courses",
+                "forgotten_at",
             ],
         )
         for column in ("enrolments", "courses"):
@@ -267,6 +330,8 @@ class TeachComputingRepository:
         self, lookups: pd.DataFrame, dagster_run_id: str, counts: pd.DataFrame | None = None
     ) -> int:
         """Remember each API answer (found or not_found); failed lookups are not answers.
+        An answer marked ``forgotten`` (its external id named a forgotten user) is kept with
+        no external id and ``forgotten_at`` set.
 
         ``counts`` (membership_uuid, enrolments, courses): what tonight's reports carry for
         each membership. Stored with tonight's answers, and for each membership remembered
@@ -283,23 +348,32 @@ class TeachComputingRepository:
             }
         )
         now = utcnow()
+        forgotten = (
+            answered["forgotten"].astype(bool)
+            if "forgotten" in answered
+            else pd.Series(False, index=answered.index)
+        )
         rows = [
             {
                 "membership_uuid": m,
                 "status": status,
                 "learner_uuid": learner if isinstance(learner, str) else None,
-                "external_learner_id": external if isinstance(external, str) else None,
+                "external_learner_id": None
+                if erased or not isinstance(external, str)
+                else external,
+                "forgotten_at": now if erased else None,
                 "fetched_at": now,
                 "first_fetched_at": now,
                 "dagster_run_id": dagster_run_id,
                 "enrolments": counted.get(m, (None, None))[0],
                 "courses": counted.get(m, (None, None))[1],
             }
-            for m, status, learner, external in zip(
+            for m, status, learner, external, erased in zip(
                 answered["membership_uuid"],
                 answered["fetch_status"],
                 answered["learner_uuid"],
                 answered["external_learner_id"],
+                forgotten,
                 strict=True,
             )
         ]
@@ -311,6 +385,7 @@ class TeachComputingRepository:
                     "status": statement.excluded.status,
                     "learner_uuid": statement.excluded.learner_uuid,
                     "external_learner_id": statement.excluded.external_learner_id,
+                    "forgotten_at": statement.excluded.forgotten_at,
                     "fetched_at": statement.excluded.fetched_at,
                     "dagster_run_id": statement.excluded.dagster_run_id,
                 }
@@ -330,12 +405,63 @@ class TeachComputingRepository:
             )
         return len(rows)
 
+    # -- report sizes ------------------------------------------------------------------------
+
+    def report_sizes(self) -> dict[str, int]:
+        """run_uuid -> how many enrolments its last accepted report held."""
+        with read_only(self.engine) as connection:
+            rows = connection.execute(select(ReportSize.run_uuid, ReportSize.enrolments)).all()
+        return {str(run): int(size) for run, size in rows}
+
+    def remember_report_sizes(self, sizes: pd.DataFrame, dagster_run_id: str) -> int:
+        """Remember each accepted report's size (run_uuid, course_uuid, enrolments); only
+        the rows whose size changed are written. One transaction."""
+        if sizes.empty:
+            return 0
+        stored = self.report_sizes()
+        now = utcnow()
+        rows = [
+            {
+                "run_uuid": run,
+                "course_uuid": course,
+                "enrolments": int(size),
+                "recorded_at": now,
+                "dagster_run_id": dagster_run_id,
+            }
+            for run, course, size in zip(
+                sizes["run_uuid"], sizes["course_uuid"], sizes["enrolments"], strict=True
+            )
+            if stored.get(run) != int(size)
+        ]
+        table = ReportSize.__table__
+        with self.engine.begin() as connection:
+            for chunk in batches(rows):
+                statement = _insert(connection, table)
+                statement = statement.on_conflict_do_update(
+                    index_elements=["run_uuid"],
+                    set_={
+                        "enrolments": statement.excluded.enrolments,
+                        "recorded_at": statement.excluded.recorded_at,
+                        "dagster_run_id": statement.excluded.dagster_run_id,
+                    },
+                )
+                connection.execute(statement, list(chunk))
+        return len(rows)
+
     # -- step 2: achievements --------------------------------------------------------------
 
     @contextmanager
-    def course_transaction(self, activity_id: str) -> Iterator[CourseWriter]:
+    def course_transaction(
+        self, activity_id: str, *, dry_run: bool = False
+    ) -> Iterator[CourseWriter]:
         """One course's achievements in one transaction (locked on PostgreSQL, under SQLite's
-        write lock there): read what is stored *now*, then write the plan made from it."""
+        write lock there): read what is stored *now*, then write the plan made from it.
+        ``dry_run``: a read-only transaction that locks nothing and writes nothing; the
+        writer says what it would have written."""
+        if dry_run:
+            with read_only(self.engine) as connection:
+                yield CourseWriter(connection, activity_id, dry_run=True)
+            return
         with self.engine.begin() as connection:
             yield CourseWriter(connection, activity_id)
 
@@ -358,6 +484,46 @@ class TeachComputingRepository:
                 )
             ).scalar_one()
         return {"transitions": total, "transitions_from_complete": from_complete}
+
+    def user_history(self, user_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """What ``partners-dagster audit`` shows of one user: every membership in their array
+        with how and when it was linked when a link row says so (uuid, linked_at,
+        dagster_run_id, matched_by), their achievements (id, activity, progress, updated_at;
+        by activity title) and achievement transitions (achievement_id, to_state, most_recent,
+        created_at, meta; by sort_key)."""
+        t = AchievementTransition
+        with read_only(self.engine) as connection:
+            array = connection.execute(
+                select(User.future_learn_organisation_memberships).where(User.id == user_id)
+            ).scalar_one()
+        links = self._frame(
+            select(
+                MembershipLink.membership_uuid,
+                MembershipLink.linked_at,
+                MembershipLink.dagster_run_id,
+                MembershipLink.matched_by,
+            ).where(MembershipLink.user_id == user_id),
+            ["uuid", "linked_at", "dagster_run_id", "matched_by"],
+        )
+        achievements = self._frame(
+            select(Achievement.id, Activity.title, Achievement.progress, Achievement.updated_at)
+            .join(Activity, Activity.id == Achievement.activity_id)
+            .where(Achievement.user_id == user_id)
+            .order_by(Activity.title),
+            ["id", "activity", "progress", "updated_at"],
+        )
+        transitions = self._frame(
+            select(t.achievement_id, t.to_state, t.most_recent, t.created_at, t.transition_metadata)
+            .join(Achievement, Achievement.id == t.achievement_id)
+            .where(Achievement.user_id == user_id)
+            .order_by(t.achievement_id, t.sort_key),
+            ["achievement_id", "to_state", "most_recent", "created_at", "meta"],
+        )
+        # The website, or the old jobs, may have linked some before partners_dagster.
+        memberships = pd.DataFrame(
+            {"uuid": [canonical_uuid_text(str(m)) for m in array or []]}, dtype=object
+        ).merge(links.astype({"uuid": object}), on="uuid", how="left")
+        return memberships, achievements, transitions
 
     # -- follow-up jobs (the outbox) ---------------------------------------------------------
 
@@ -430,9 +596,10 @@ class TeachComputingRepository:
 class CourseWriter:
     """The reads and writes of one course's transaction (see ``course_transaction``)."""
 
-    def __init__(self, connection: Connection, activity_id: str):
+    def __init__(self, connection: Connection, activity_id: str, *, dry_run: bool = False):
         self.connection = connection
         self.activity_id = activity_id
+        self.dry_run = dry_run
 
     def create_achievements(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Insert achievements (id, user_id, programme_id) at progress 0 with no transition
@@ -440,6 +607,9 @@ class CourseWriter:
         ``achievements()`` would read them, without reading them back."""
         if not rows:
             return pd.DataFrame(columns=ACHIEVEMENT_COLUMNS)
+        by_id = {row["id"]: row for row in rows}
+        if self.dry_run:  # as if every one went in: the dry run read them all as missing
+            return _created_frame([row["id"] for row in rows], by_id)
         now = utcnow()
         table = Achievement.__table__
         values = [
@@ -458,11 +628,7 @@ class CourseWriter:
                 index_elements=["activity_id", "user_id"]
             )
             created += self.connection.scalars(statement.returning(table.c.id), list(chunk)).all()
-        by_id = {row["id"]: row for row in rows}
-        return pd.DataFrame(
-            [(i, by_id[i]["user_id"], 0, by_id[i]["programme_id"], ENROLLED, 0) for i in created],
-            columns=ACHIEVEMENT_COLUMNS,
-        )
+        return _created_frame(created, by_id)
 
     def achievements(self) -> pd.DataFrame:
         """id, user_id, progress, programme_id, state, last_sort_key of the course's
@@ -487,7 +653,7 @@ class CourseWriter:
             .outerjoin(t, and_(t.achievement_id == a.id, t.most_recent.is_(True)))
             .where(a.activity_id == self.activity_id)
         )
-        if self.connection.dialect.name == "postgresql":
+        if self.connection.dialect.name == "postgresql" and not self.dry_run:
             # SQLite holds the write lock already; PostgreSQL locks the achievements.
             statement = statement.with_for_update(of=a)
         return pd.DataFrame(self.connection.execute(statement).all(), columns=ACHIEVEMENT_COLUMNS)
@@ -497,10 +663,13 @@ class CourseWriter:
         updates: list[dict[str, Any]],
         transitions: list[dict[str, Any]],
         jobs: list[dict[str, Any]],
-    ) -> int:
+    ) -> set[str]:
         """Progress and ``updated_at`` of changed achievements; each move as statesman writes
         it (the previous most recent one flipped, the new one most recent); and the follow-up
-        jobs, each once by its key. Returns how many jobs were new."""
+        jobs, each once by its key. Returns the keys of the jobs that were new. A dry run
+        writes nothing and returns the keys the outbox does not hold yet."""
+        if self.dry_run:
+            return self._new_dedup_keys([job["dedup_key"] for job in jobs])
         achievements = Achievement.__table__
         transitions_table = AchievementTransition.__table__
         if updates:
@@ -529,17 +698,36 @@ class CourseWriter:
                 )
             for chunk in batches(transitions):
                 self.connection.execute(transitions_table.insert(), list(chunk))
-        new_jobs = 0
+        new_jobs: set[str] = set()
         if jobs:
             table = OutboxJob.__table__
             for chunk in batches(jobs):
                 statement = _insert(self.connection, table).on_conflict_do_nothing(
                     index_elements=["dedup_key"]
                 )
-                new_jobs += len(
-                    self.connection.execute(statement.returning(table.c.id), list(chunk)).all()
+                new_jobs.update(
+                    self.connection.scalars(statement.returning(table.c.dedup_key), list(chunk))
                 )
         return new_jobs
+
+    def _new_dedup_keys(self, keys: list[str]) -> set[str]:
+        table = OutboxJob.__table__
+        held: set[str] = set()
+        for chunk in batches(keys):
+            held.update(
+                self.connection.scalars(
+                    select(table.c.dedup_key).where(table.c.dedup_key.in_(chunk))
+                )
+            )
+        return set(keys) - held
+
+
+def _created_frame(created: Sequence[str], by_id: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Achievements just created, as ``CourseWriter.achievements()`` would read them."""
+    return pd.DataFrame(
+        [(i, by_id[i]["user_id"], 0, by_id[i]["programme_id"], ENROLLED, 0) for i in created],
+        columns=ACHIEVEMENT_COLUMNS,
+    )
 
 
 def _append_memberships(connection: Connection, rows: list[dict], now: datetime) -> None:
@@ -564,12 +752,11 @@ def _append_memberships(connection: Connection, rows: list[dict], now: datetime)
         ]
     else:
         statement = text(
-            "UPDATE users SET future_learn_organisation_memberships = json_insert("
-            "coalesce(future_learn_organisation_memberships, '[]'), '$[#]', :membership), "
+            f"UPDATE users SET future_learn_organisation_memberships = json_insert("
+            f"{_SQLITE_ARRAY}, '$[#]', :membership), "
             # SQLite ids are text: match one written in upper case by someone else too.
-            "updated_at = :now WHERE id IN (:user_id, upper(:user_id)) AND NOT EXISTS (SELECT 1 FROM "
-            "json_each(coalesce(users.future_learn_organisation_memberships, '[]')) "
-            "WHERE value = :membership)"
+            f"updated_at = :now WHERE id IN (:user_id, upper(:user_id)) AND NOT EXISTS (SELECT 1 FROM "
+            f"json_each({_SQLITE_ARRAY}) WHERE value = :membership)"
         )
         params = [
             {"user_id": r["user_id"], "membership": r["membership_uuid"], "now": _sqlite_time(now)}
@@ -579,9 +766,35 @@ def _append_memberships(connection: Connection, rows: list[dict], now: datetime)
         connection.execute(statement, list(chunk))
 
 
+# A user's array on SQLite, read as a JSON array: null, and the '{}' that PostgreSQL's
+# default spells (a table made by hand, or by an older create-teachcomputing-tables), are
+# empty; json_insert('{}', '$[#]', x) would return '{}' and lose the link.
+_SQLITE_ARRAY = (
+    "CASE WHEN coalesce(users.future_learn_organisation_memberships, '{}') IN ('{}', '') "
+    "THEN '[]' ELSE users.future_learn_organisation_memberships END"
+)
+
+
 def _sqlite_time(moment: datetime) -> str:
     # As SQLAlchemy's DateTime writes it on SQLite: naive UTC with microseconds.
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _delete_stale_links(connection: Connection, membership_uuids: Sequence[str]):
+    """The link rows of ``membership_uuids`` that name a membership no user's array holds
+    (checked again inside the transaction, so a link another night just made stays)."""
+    table = MembershipLink.__table__
+    if connection.dialect.name == "postgresql":
+        in_no_array = text(
+            "NOT EXISTS (SELECT 1 FROM users WHERE future_learn_organisation_memberships @> "
+            "ARRAY[CAST(partners_dagster_membership_links.membership_uuid AS text)])"
+        )
+    else:
+        in_no_array = text(
+            f"NOT EXISTS (SELECT 1 FROM users, json_each({_SQLITE_ARRAY}) AS m "
+            "WHERE m.value = partners_dagster_membership_links.membership_uuid)"
+        )
+    return table.delete().where(table.c.membership_uuid.in_(list(membership_uuids)), in_no_array)
 
 
 def _stored_links(connection: Connection, membership_uuids: list[str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ class TablesExistError(RuntimeError):
 
 
 def create_teachcomputing_tables(engine: Engine) -> list[str]:
-    """Create the website's tables, as DESIGN.md lists them, in a database that has none of
+    """Create the website's tables, as docs/database.md lists them, in a database that has none of
     them (the embedded default, the demo, tests, the benchmark). Refuses, naming the table,
     when any exists: this never touches the real website's database."""
     existing = [name for name in WEBSITE.tables if inspect(engine).has_table(name)]

@@ -1,6 +1,6 @@
 """Column types that behave the same on PostgreSQL and SQLite.
 
-The website's tables have Rails's PostgreSQL types (DESIGN.md, "Database"): native
+The website's tables have Rails's PostgreSQL types (docs/database.md): native
 ``uuid``, ``text[]``, ``json`` and ``timestamp(6) without time zone`` holding UTC. On
 SQLite a UUID is 36-character lowercase text with dashes, ``text[]`` is a JSON array in
 text, and timestamps are UTC text. In Python every UUID is a canonical lowercase string
@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -134,6 +136,25 @@ class TextArray(TypeDecorator):
         if isinstance(value, str):
             value = json.loads(value)
         return [str(v) for v in value]
+
+
+class EmptyTextArray(ColumnElement):
+    """The server default of an empty ``text[]``, in each database's own spelling:
+    PostgreSQL's array literal ``'{}'``; on SQLite the empty JSON array ``'[]'``. SQLite
+    has no arrays, and ``'{}'`` there is a JSON object: ``json_insert('{}', '$[#]', x)``
+    returns ``'{}'``, so a link appended to such a row would be lost."""
+
+    inherit_cache = True
+
+
+@compiles(EmptyTextArray)
+def _empty_array_json(element, compiler, **kw):
+    return "'[]'"
+
+
+@compiles(EmptyTextArray, "postgresql")
+def _empty_array_postgres(element, compiler, **kw):
+    return "'{}'"
 
 
 # Rails's ``json`` (not jsonb) on PostgreSQL; JSON text on SQLite.

@@ -5,18 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from ..privacy import mask_email
-from ..rules import canonical_uuid, normalise_email
-from ..teachcomputing.engine import read_only
-from ..teachcomputing.models import (
-    Achievement,
-    AchievementTransition,
-    Activity,
-    MembershipLink,
-    User,
-)
+from ..rules import match_user, user_ids_by_email
+from ..teachcomputing.repository import TeachComputingRepository
 
 
 class UnknownUserError(LookupError):
@@ -33,83 +26,27 @@ class UserAudit:
 
 
 def find_user(engine: Engine, who: str) -> tuple[str, str | None]:
-    """``who`` is a user id or an email address, compared as matching compares them
-    (trimmed and case-folded in Python, so ``ÉLODIE@…``, ``İnci@…`` and ``" jo@…"`` are
-    found). An email two users share is refused rather than guessed."""
-    with read_only(engine) as connection:
-        as_id = canonical_uuid(who)
-        if as_id:
-            user = connection.execute(select(User.id, User.email).where(User.id == as_id)).first()
-            if user is not None:
-                return user.id, user.email
-        wanted = normalise_email(who)
-        found = [
-            (user_id, email)
-            for user_id, email in connection.execute(
-                select(User.id, User.email).where(User.email.is_not(None))
-            )
-            if normalise_email(email) == wanted
-        ]
-    if not found:
-        raise UnknownUserError(f"no Teach Computing user with id or email {mask_email(who)!r}")
-    if len(found) > 1:
+    """``who`` is a user id or an email address, found as the nightly matching finds an
+    ``external_learner_id`` (``rules.match_user``: by id, then by email trimmed and case-folded
+    in Python, so ``ÉLODIE@…``, ``İnci@…`` and ``" jo@…"`` are found), except that forgotten
+    users are found too. An email two users share is refused rather than guessed."""
+    users = TeachComputingRepository(engine).users()
+    ids = users["id"].tolist()
+    match = match_user(who, set(ids), user_ids_by_email(ids, users["email"].tolist()))
+    if match.matched_by == "ambiguous":
         raise UnknownUserError(
-            f"{len(found)} users share the email {mask_email(who)!r}: audit one by id ("
-            + ", ".join(user_id for user_id, _ in found)
-            + ")"
+            f"{len(match.candidates)} users share the email {mask_email(who)!r}: audit one by "
+            "id (" + ", ".join(match.candidates) + ")"
         )
-    return found[0]
+    if match.user_id is None:
+        raise UnknownUserError(f"no Teach Computing user with id or email {mask_email(who)!r}")
+    email = users.loc[users["id"] == match.user_id, "email"].iat[0]
+    return match.user_id, email if isinstance(email, str) else None
 
 
 def audit_user(engine: Engine, who: str) -> UserAudit:
     user_id, email = find_user(engine, who)
-    with read_only(engine) as connection:
-        arrays = connection.execute(
-            select(User.future_learn_organisation_memberships).where(User.id == user_id)
-        ).scalar_one()
-        links = pd.DataFrame(
-            connection.execute(
-                select(
-                    MembershipLink.membership_uuid,
-                    MembershipLink.linked_at,
-                    MembershipLink.dagster_run_id,
-                    MembershipLink.matched_by,
-                ).where(MembershipLink.user_id == user_id)
-            ).all(),
-            columns=["uuid", "linked_at", "dagster_run_id", "matched_by"],
-        )
-        achievements = pd.DataFrame(
-            connection.execute(
-                select(
-                    Achievement.id,
-                    Activity.title,
-                    Achievement.progress,
-                    Achievement.updated_at,
-                )
-                .join(Activity, Activity.id == Achievement.activity_id)
-                .where(Achievement.user_id == user_id)
-                .order_by(Activity.title)
-            ).all(),
-            columns=["id", "activity", "progress", "updated_at"],
-        )
-        t = AchievementTransition
-        rows = connection.execute(
-            select(
-                t.achievement_id,
-                t.to_state,
-                t.most_recent,
-                t.created_at,
-                t.transition_metadata.label("meta"),
-            )
-            .join(Achievement, Achievement.id == t.achievement_id)
-            .where(Achievement.user_id == user_id)
-            .order_by(t.achievement_id, t.sort_key)
-        ).all()
-    # Every membership in the user's array, with how and when we linked it (the website, or
-    # the old jobs, may have linked some before partners_dagster).
-    memberships = pd.DataFrame(
-        {"uuid": pd.Series([m.lower() for m in arrays], dtype=object)}
-    ).merge(links.astype({"uuid": object}), on="uuid", how="left")
+    memberships, achievements, rows = TeachComputingRepository(engine).user_history(user_id)
     transitions = pd.DataFrame(
         [
             (
@@ -121,7 +58,7 @@ def audit_user(engine: Engine, who: str) -> UserAudit:
                 (r.meta or {}).get("future_learn_run_uuid"),
                 (r.meta or {}).get("future_learn_membership_uuid"),
             )
-            for r in rows
+            for r in rows.itertuples(index=False)
         ],
         columns=[
             "achievement_id",

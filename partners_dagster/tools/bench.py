@@ -21,7 +21,7 @@ from sqlalchemy import func, inspect, select
 
 from .. import settings
 from ..defs.constants import DEFINITIONS_MODULE, NIGHTLY_JOBS
-from ..partners_api.client import ENDPOINTS
+from ..partners_api.client import ENDPOINTS, ENROLMENTS_REPORT, make_cache_backend
 from ..partners_api.tokens import TokenSource
 from ..sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, SandboxControl, generate
 from ..sandbox.seed import seed_from_dataset
@@ -216,6 +216,7 @@ def run_bench(
     refresh_days: float | None = None,
     profile_dir: Path | None = None,
     with_floor: bool = True,
+    changes: str = "realistic",
 ) -> int:
     workdir = settings.data_dir() / f"bench-{scale}"
     if workdir.exists():
@@ -236,7 +237,8 @@ def run_bench(
     sandbox, url = start_sandbox(scale, seed, latency_ms)
     say(
         f"bench: {scale} (seed {seed}), {len(dataset.runs)} runs, {len(dataset.enrolments)} enrolments, "
-        f"latency {latency_ms:g} ms, concurrency {concurrency}, sandbox {url}"
+        f"latency {latency_ms:g} ms, concurrency {concurrency}, steady-night changes {changes}, "
+        f"sandbox {url}"
     )
     env = {
         **os.environ,
@@ -257,6 +259,7 @@ def run_bench(
         "latency_ms": latency_ms,
         "concurrency": concurrency,
         "membership_refresh_days": refresh_days,
+        "changes": changes,
         "profiled": profile_dir is not None,
         "database": make_engine(database_url).dialect.name,
         "nights": {},
@@ -265,11 +268,10 @@ def run_bench(
     try:
         for night in ("first", "steady"):
             if night == "steady":
-                changes = SandboxControl(url, CONTROL_TOKEN).advance(seed + 1)
-                say(f"advanced the sandbox one night: {changes}")
-                # A day later the 5-hour response cache has expired.
-                for stale in workdir.glob("partners_api_cache.sqlite3*"):
-                    stale.unlink()
+                advanced = SandboxControl(url, CONTROL_TOKEN).advance(seed + 1, changes=changes)
+                say(f"advanced the sandbox one night: {advanced}")
+                report["advanced"] = advanced
+                expire_answers(workdir / "partners_api_cache.sqlite3")
             results: dict = {"floor": None}
             if with_floor:
                 paths = floor_paths(url, database_url, known, concurrency)
@@ -282,9 +284,10 @@ def run_bench(
                     profile_dir.mkdir(parents=True, exist_ok=True)
                     profile = profile_dir / f"{night}-{job}.prof"
                 measured = run_job(job, env, profile)
-                measured["network_requests"] = SandboxControl(url, CONTROL_TOKEN).stats()[
-                    "requests"
-                ]
+                served = SandboxControl(url, CONTROL_TOKEN).stats()
+                measured["network_requests"] = served["requests"]
+                measured["responses"] = served["responses"]  # "endpoint status": n
+                measured["bytes_received"] = served["bytes"]
                 if measured["ok"]:
                     measured.update(run_metadata(workdir / "dagster_home", job))
                     if measured["first_step_at"]:
@@ -297,7 +300,7 @@ def run_bench(
                     say(measured["output_tail"])
                 results[job] = measured
             report["nights"][night] = results
-            say(format_night(night, results))
+            say(format_night(night, results, report["nights"].get("first")))
     finally:
         sandbox.kill()
         sandbox.wait()
@@ -306,7 +309,34 @@ def run_bench(
     return 1 if failed else 0
 
 
-def format_night(night: str, results: dict) -> str:
+def expire_answers(cache_path: Path) -> None:
+    """A day later: every answer in the response cache is past its 5-hour expiry. They stay,
+    as they would, to be revalidated with their ETags."""
+    backend = make_cache_backend(str(cache_path))
+    try:
+        backend.reset_expiration(0)  # expires now
+    finally:
+        backend.close()
+
+
+def received(result: dict) -> str:
+    """Per endpoint: bytes of the bodies received, and the 200s and 304s."""
+    parts = []
+    for endpoint in ENDPOINTS:
+        statuses = {
+            int(key.rsplit(" ", 1)[1]): n
+            for key, n in result.get("responses", {}).items()
+            if key.rsplit(" ", 1)[0] == endpoint
+        }
+        if not statuses:
+            continue
+        counts = " + ".join(f"{n}×{status}" for status, n in sorted(statuses.items()))
+        size = result.get("bytes_received", {}).get(endpoint, 0)
+        parts.append(f"{endpoint} {counts}, {size / 1e6:.2f} MB")
+    return "; ".join(parts)
+
+
+def format_night(night: str, results: dict, first: dict | None = None) -> str:
     lines = [
         f"\n{night} night",
         f"{'':26}{'wall s':>8}{'run s':>8}{'peak MiB':>10}  network requests / cache hits by endpoint",
@@ -339,11 +369,25 @@ def format_night(night: str, results: dict) -> str:
             lines.append(
                 f"  {'':24}steps s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
             )
+        if r.get("responses"):
+            lines.append(f"  {'':24}received: {received(r)}")
         written = _rows_written(assets, r.get("progress_counts"))
         if written:
             lines.append(f"  {'':24}rows: {written}")
     total = sum(results[j]["wall_seconds"] for j in NIGHTLY_JOBS)
     lines.append(f"  {'both jobs':<24}{total:8.1f}")
+    if first is not None and first is not results:
+        tonight, then = (
+            sum(
+                results[j].get("bytes_received", {}).get(ENROLMENTS_REPORT, 0) for j in NIGHTLY_JOBS
+            ),
+            sum(first[j].get("bytes_received", {}).get(ENROLMENTS_REPORT, 0) for j in NIGHTLY_JOBS),
+        )
+        if then:
+            lines.append(
+                f"  {'report bytes received':<24}{tonight / 1e6:8.2f} MB, "
+                f"{100 * tonight / then:.1f}% of the first night's {then / 1e6:.2f} MB"
+            )
     if results["floor"] is not None:
         lines.append(
             f"  {'floor (bare download)':<24}{results['floor']['seconds']:8.1f}  {results['floor']['requests']} requests"

@@ -164,6 +164,93 @@ def _repository(database_url: str | None):
 
 
 @main.command()
+@click.option(
+    "--courses",
+    default="",
+    help="Comma-separated FutureLearn course UUIDs: plan only these courses.",
+)
+@click.option(
+    "--users", default="", help="Comma-separated user ids or emails: plan only these users."
+)
+@click.option(
+    "--refetch", is_flag=True, help="Ask the API again instead of using the response cache."
+)
+@click.option(
+    "--accept-report-sizes",
+    default="",
+    help="Comma-separated run UUIDs whose shrunk report is to be read as whole.",
+)
+@click.option(
+    "--out",
+    "out_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the plan here (default: standard output).",
+)
+@database_url_option
+def preview(
+    courses: str,
+    users: str,
+    refetch: bool,
+    accept_report_sizes: str,
+    out_file: str | None,
+    database_url: str | None,
+) -> None:
+    """What tonight would change, writing nothing: both steps' plans, one change a line as
+    JSON (docs/operator-controls.md). Progress and a summary go to standard error."""
+    import sys
+    from datetime import UTC, datetime
+
+    from .. import settings
+    from ..steps.night_preview import preview_night
+    from ..steps.run_scope import ScopeError
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    def listed(text: str) -> list[str]:
+        return [value.strip() for value in text.split(",") if value.strip()]
+
+    repository = _repository(database_url)
+    from ..definitions import build_resources
+
+    try:
+        with build_resources()["partners_api"].process_config_and_initialize_cm() as api:
+            api.client.refetch = refetch
+            result = preview_night(
+                api.client,
+                repository,
+                ignored_courses=api.ignored_courses,
+                refresh_days=api.membership_refresh_days,
+                globalid_app=settings.globalid_app(),
+                now=datetime.now(UTC),
+                courses=listed(courses),
+                users=listed(users),
+                accept_report_sizes=listed(accept_report_sizes),
+                say=say,
+            )
+    except ScopeError as error:
+        raise click.ClickException(f"{error}; nothing was written") from None
+    except Exception as error:  # a missing variable, an unreachable API: one line, masked
+        from ..privacy import mask_url_passwords
+
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise click.ClickException(
+            f"{type(error).__name__}: {mask_url_passwords(first)[:500]}"
+        ) from None
+    out = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout  # noqa: SIM115
+    try:
+        for line in result.plan.json_lines():
+            out.write(line + "\n")
+    finally:
+        if out_file:
+            out.close()
+    for problem in result.problems:
+        say(f"note: {problem}")
+    say(f"dry run, nothing written (scope: {result.scope.describe()}): {result.plan.summary()}")
+
+
+@main.command()
 @click.option("--pending", is_flag=True, help="Only the jobs not yet delivered to Sidekiq.")
 @database_url_option
 def outbox(pending: bool, database_url: str | None) -> None:
@@ -266,6 +353,12 @@ def unmatched(show_emails: bool, csv_file: str | None, database_url: str | None)
     is_flag=True,
     help="Delete the rows of a --database-url that already holds data (never its tables).",
 )
+@click.option(
+    "--changes",
+    default="realistic",
+    type=click.Choice(["realistic", "uniform"]),
+    help="The steady night's changes: by how recently each run started, or 5% of all enrolments.",
+)
 def bench(
     scale,
     seed,
@@ -277,6 +370,7 @@ def bench(
     force,
     with_floor,
     profile_dir,
+    changes,
 ) -> None:
     """Two nights (first, then steady) through the real jobs, with a table of measurements."""
     from pathlib import Path
@@ -296,6 +390,7 @@ def bench(
             refresh_days=refresh_days,
             profile_dir=Path(profile_dir) if profile_dir else None,
             with_floor=with_floor,
+            changes=changes,
         )
     except DatabaseInUseError as error:
         raise click.ClickException(str(error)) from None
@@ -353,7 +448,7 @@ def db_downgrade(engine, revision: str) -> None:
 @db.command("create-teachcomputing-tables")
 @click.pass_obj
 def db_create_teachcomputing_tables(engine) -> None:
-    """Create the website's tables (DESIGN.md) in an empty database: for the embedded
+    """Create the website's tables (docs/database.md) in an empty database: for the embedded
     default, the demo, tests and the benchmark. Refuses when any of them exists."""
     from ..teachcomputing.schema import TablesExistError, create_teachcomputing_tables
 

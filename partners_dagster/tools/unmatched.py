@@ -45,6 +45,8 @@ def list_unmatched(
     ``lookups``: ``TeachComputingRepository.membership_lookups()``; ``linked``:
     ``linked_memberships()``; ``users``: ``users()``."""
     open_ = lookups[~lookups["membership_uuid"].isin(set(linked["membership_uuid"]))]
+    # A lookup whose email named a forgotten user was erased: it names nobody now.
+    open_ = open_[open_["forgotten_at"].isna()] if "forgotten_at" in open_ else open_
     memberships = pd.DataFrame(
         {
             "membership_uuid": open_["membership_uuid"],

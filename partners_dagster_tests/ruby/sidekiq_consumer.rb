@@ -152,7 +152,7 @@ def enqueue
   programme = Programme.find(fixture.fetch("programme_id"))
   user_id = fixture.fetch("user_id")
   achievement_id = fixture.fetch("achievement_id")
-  # As the website queues them (see DESIGN.md "Follow-up jobs").
+  # As the website queues them (see docs/follow-up-jobs.md).
   CertificatePendingTransitionJob.set(wait: 1.minute)
                                  .perform_later(programme, user_id, source: "partners_dagster")
   AssessmentEligibilityJob.perform_later(user_id)
