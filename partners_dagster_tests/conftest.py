@@ -26,7 +26,9 @@ def pytest_sessionstart(session):
     import shutil
 
     if os.environ.get("CI"):
-        missing = [name for name in ("redis-server", "ruby") if shutil.which(name) is None]
+        missing = [
+            name for name in ("redis-server", "ruby", "chromium") if shutil.which(name) is None
+        ]
         if missing:
             pytest.exit(
                 f"CI must provide {', '.join(missing)}: run scripts/install_test_services.sh",

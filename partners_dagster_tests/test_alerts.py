@@ -244,22 +244,51 @@ def test_degraded_launch_message(job_name, tags, expected):
     assert (message is None) if expected is None else (expected in message)
 
 
-def test_alert_definitions_follow_the_environment():
-    def names(environ):
-        return sorted(s.name for s in alerts.alert_definitions(environ)["sensors"])
+ALERT_SENSORS = [
+    "achievement_progress_freshness_sensor",
+    "sentry_on_run_failure",
+    "slack_on_degraded_progress_launch",
+    "slack_on_run_failure",
+]
 
-    assert names({}) == ["achievement_progress_freshness_sensor"]
-    assert names({"SLACK_BOT_TOKEN": "x", "SLACK_CHANNEL": " "}) == [
-        "achievement_progress_freshness_sensor"
-    ]
-    assert names(
-        {"SENTRY_DSN": "http://k@127.0.0.1:9/1", "SLACK_BOT_TOKEN": "x", "SLACK_CHANNEL": "#c"}
-    ) == [
-        "achievement_progress_freshness_sensor",
-        "sentry_on_run_failure",
-        "slack_on_degraded_progress_launch",
-        "slack_on_run_failure",
-    ]
+
+def test_alert_sensors_always_exist_and_run_only_with_their_variables():
+    def statuses(environ):
+        sensors = alerts.alert_definitions(environ)["sensors"]
+        return {s.name: s.default_status.value for s in sensors}
+
+    everything = {
+        "SENTRY_DSN": "http://k@127.0.0.1:9/1",
+        "SLACK_BOT_TOKEN": "x",
+        "SLACK_CHANNEL": "#c",
+    }
+    for environ in ({}, {"SLACK_BOT_TOKEN": "x", "SLACK_CHANNEL": " "}, everything):
+        assert sorted(statuses(environ)) == ALERT_SENSORS
+    assert statuses({}) == {
+        "achievement_progress_freshness_sensor": "RUNNING",
+        "sentry_on_run_failure": "STOPPED",
+        "slack_on_degraded_progress_launch": "STOPPED",
+        "slack_on_run_failure": "STOPPED",
+    }
+    assert statuses({"SENTRY_DSN": "http://k@127.0.0.1:9/1"})["sentry_on_run_failure"] == "RUNNING"
+    assert set(statuses(everything).values()) == {"RUNNING"}
+
+
+def test_a_stopped_alert_sensor_names_its_variables_and_skips_saying_so(failed_run):
+    sensors = {s.name: s for s in alerts.alert_definitions({})["sensors"]}
+    assert "SENTRY_DSN" in sensors["sentry_on_run_failure"].description
+    for name in ("slack_on_run_failure", "slack_on_degraded_progress_launch"):
+        assert "SLACK_BOT_TOKEN and SLACK_CHANNEL" in sensors[name].description
+        assert sensors[name].description.startswith("OFF until")
+    instance, run, failure = failed_run
+    context = dg.build_run_status_sensor_context(
+        sensor_name="sentry_on_run_failure",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=run,
+    ).for_run_failure()
+    skipped = sensors["sentry_on_run_failure"](context)
+    assert isinstance(skipped, dg.SkipReason) and "SENTRY_DSN" in skipped.skip_message
 
 
 # --- Freshness --------------------------------------------------------------------------------
@@ -315,7 +344,8 @@ def test_a_fresh_achievement_progress_passes_and_never_materialized_fails():
 
 def test_the_freshness_sensor_asks_the_daemon_to_run_the_check():
     definitions = alerts.alert_definitions({})
-    (sensor,) = definitions["sensors"]
+    sensor = definitions["sensors"][0]
+    assert sensor.name == "achievement_progress_freshness_sensor"
     defs = dg.Definitions(
         assets=[_achievement_progress_stub],
         asset_checks=definitions["asset_checks"],

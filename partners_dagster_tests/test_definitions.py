@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from partners_dagster.definitions import build_definitions
 
@@ -172,10 +174,31 @@ def test_schedules():
         "update_memberships_job",
     )
     assert (progress.cron_schedule, progress.execution_timezone, progress.job_name) == (
-        "*/15 2-5 * * *",
+        ["30,45 2 * * *", "*/15 3-5 * * *"],
         "Europe/London",
         "update_progress_job",
     )
+
+
+@pytest.mark.parametrize("night", ["2026-01-15", "2026-03-29", "2026-10-25"])
+def test_the_progress_schedule_ticks_every_15_minutes_from_02_30_to_05_45(night):
+    from zoneinfo import ZoneInfo
+
+    from dagster._utils.schedules import schedule_execution_time_iterator
+
+    progress = defs.resolve_schedule_def("update_progress_schedule")
+    london = ZoneInfo("Europe/London")
+    start = datetime.fromisoformat(f"{night}T00:00").replace(tzinfo=london)
+    ticks = []
+    for tick in schedule_execution_time_iterator(
+        start.timestamp(), progress.cron_schedule, progress.execution_timezone
+    ):
+        if tick.astimezone(london).date() != start.date():
+            break
+        ticks.append(tick.astimezone(london).strftime("%H:%M"))
+    # 02:30 and 02:45, then 03:00 to 05:45: 14 ticks, the same on the nights the clocks change.
+    expected = ["02:30", "02:45"] + [f"{h:02d}:{m:02d}" for h in (3, 4, 5) for m in (0, 15, 30, 45)]
+    assert ticks == expected
 
 
 def test_resources_and_their_secrets_come_from_the_environment():

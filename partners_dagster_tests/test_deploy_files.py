@@ -158,7 +158,7 @@ def test_helm_values_launch_runs_as_pods_behind_the_api_tag_limit():
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
     limits = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
     # The same limit as the repository's dagster.yaml.
-    expected = _instance_yaml()["run_coordinator"]["config"]["tag_concurrency_limits"]
+    expected = _instance_yaml()["concurrency"]["runs"]["tag_concurrency_limits"]
     assert limits == expected == [{"key": "partners_dagster/partners_api", "limit": 1}]
     assert daemon["runMonitoring"]["enabled"] is True
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test` runs this first. When a service the tests talk to is missing (redis-server,
-# Ruby's Sidekiq/ActiveJob consumer, a compose CLI), it installs them with
+# Ruby's Sidekiq/ActiveJob consumer, a compose CLI, chromium for the browser tests), it installs them with
 # scripts/install_test_services.sh if it may (as root, or with sudo that asks no password);
 # otherwise it prints one line: which tests will skip, and the one command that enables them.
 # It never fails the build: the tests themselves skip, saying why (and CI refuses to skip).
@@ -17,6 +17,7 @@ elif ! ruby -e 'require "active_job"; require "sidekiq"; require "global_id"; re
 fi
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
   || missing+=(docker-compose)
+command -v chromium >/dev/null || missing+=(chromium)
 ((${#missing[@]})) || exit 0
 
 install=()
@@ -36,6 +37,7 @@ case " ${missing[*]} " in
   *" ruby "* | *gems*) skipping+=("test_sidekiq_delivery.py's Ruby consumer tests") ;;
 esac
 case " ${missing[*]} " in *" docker-compose "*) skipping+=("test_deploy_files.py's compose check") ;; esac
+case " ${missing[*]} " in *" chromium "*) skipping+=(test_browser.py) ;; esac
 names=$(printf '%s, ' "${missing[@]}")
 tests=$(printf '%s, ' "${skipping[@]}")
 echo "make test: no ${names%, } here, so ${tests%, } will skip;" \

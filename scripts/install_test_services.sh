@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real systems the tests run against, all from Debian's archive: redis-server
 # (Sidekiq's Redis and the shared response cache), the Ruby consumer (Ruby 3.1, ActiveJob
-# 6.1, Sidekiq 6, GlobalID, redis-rb 4.8), and docker-compose to validate the compose file.
+# 6.1, Sidekiq 6, GlobalID, redis-rb 4.8), docker-compose to validate the compose file, and
+# chromium, the browser the UI tests drive through Playwright (Playwright's own download is
+# not used).
 # Idempotent: when every package is already installed, apt is not touched.
 #   sudo bash scripts/install_test_services.sh
 set -euo pipefail
 
-packages=(redis-server ruby ruby-sidekiq ruby-activejob ruby-globalid ruby-redis docker-compose)
+packages=(redis-server ruby ruby-sidekiq ruby-activejob ruby-globalid ruby-redis docker-compose chromium)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -27,4 +29,4 @@ fi
 
 ruby -v
 redis-server --version
-dpkg-query -W -f='${Package} ${Version}\n' ruby-activejob ruby-sidekiq ruby-globalid ruby-redis
+dpkg-query -W -f='${Package} ${Version}\n' ruby-activejob ruby-sidekiq ruby-globalid ruby-redis chromium

@@ -9,14 +9,18 @@ PORT="${PORT:-3300}"
 export PARTNERS_DAGSTER_DATA="${PARTNERS_DAGSTER_DATA:-$PWD/.partners_dagster/screenshot}"
 log="$(mktemp)"
 pidfile="$(mktemp)"
-# A session of its own, so that the UI and every process dagster dev starts stop together.
+# A session of its own, so that whatever is left of it at the end can be killed at once.
 setsid bash -c 'echo $$ >"$0"; exec .venv/bin/partners-dagster ui --scale tiny --port "$1"' \
   "$pidfile" "$PORT" >"$log" 2>&1 &
 stop_ui() {
-  # dagster dev shuts its children down on an interrupt; whatever outlives that is killed.
+  # partners-dagster ui stops dagster dev and everything it started on SIGTERM; whatever
+  # outlives a minute is killed.
   local group; group="$(cat "$pidfile")"
-  kill -INT -- "-$group" 2>/dev/null || true
-  sleep 8
+  kill -TERM "$group" 2>/dev/null || true
+  for _ in $(seq 1 60); do
+    kill -0 "$group" 2>/dev/null || break
+    sleep 1
+  done
   kill -KILL -- "-$group" 2>/dev/null || true
   rm -f "$log" "$pidfile"
 }

@@ -156,7 +156,7 @@ def report_run_failure(job_name: str, run_id: str, reason: str | None) -> bool:
 @dg.run_failure_sensor(
     name="sentry_on_run_failure",
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Sends every failed run of this code location to Sentry (needs SENTRY_DSN).",
+    description="Sends every failed run of this code location to Sentry (on: SENTRY_DSN is set).",
 )
 def sentry_on_run_failure(context: dg.RunFailureSensorContext) -> None:
     run = context.dagster_run
@@ -200,7 +200,8 @@ def build_slack_degraded_launch_sensor(
         name="slack_on_degraded_progress_launch",
         run_status=dg.DagsterRunStatus.STARTED,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Tells Slack when {PROGRESS_JOB} starts tagged {DEGRADED_TAG}.",
+        description=f"Tells Slack when {PROGRESS_JOB} starts tagged {DEGRADED_TAG} "
+        "(on: SLACK_BOT_TOKEN and SLACK_CHANNEL are set).",
     )
     def slack_on_degraded_progress_launch(context: dg.RunStatusSensorContext) -> None:
         run = context.dagster_run
@@ -247,21 +248,56 @@ def build_freshness_sensor(checks: list[dg.AssetChecksDefinition]) -> dg.SensorD
     )
 
 
+def _switched_off(name: str, variables: str, what: str) -> dg.SensorDefinition:
+    """A stopped stand-in for an alert sensor whose variables are unset: the Sensors page
+    lists it, off, and its description names what turns it on. Started anyway, it skips,
+    saying the same."""
+    reason = f"off: {variables} not set"
+
+    @dg.run_failure_sensor(
+        name=name,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"OFF until {variables} set: {what}",
+    )
+    def switched_off(context: dg.RunFailureSensorContext):
+        return dg.SkipReason(reason)
+
+    return switched_off
+
+
 def alert_definitions(environ: Mapping[str, str] | None = None) -> dict:
     """What to merge into ``Definitions``: ``{"sensors": [...], "asset_checks": [...]}``.
 
-    The freshness check and its sensor are always there; the Sentry sensor when ``SENTRY_DSN``
-    is set; the two Slack sensors when ``SLACK_BOT_TOKEN`` and ``SLACK_CHANNEL`` are."""
+    Every alert sensor is always there, so the Sensors page shows what alerting is off: the
+    freshness check's sensor runs; the Sentry sensor runs when ``SENTRY_DSN`` is set and the
+    two Slack sensors when ``SLACK_BOT_TOKEN`` and ``SLACK_CHANNEL`` are, and otherwise each
+    is stopped, its description naming the variables that turn it on."""
     settings = alert_settings(environ)
     checks = build_freshness_checks()
     sensors: list[dg.SensorDefinition] = [build_freshness_sensor(checks)]
-    if settings.sentry_dsn:
-        sensors.append(sentry_on_run_failure)
+    sentry_what = "sends every failed run of this code location to Sentry."
+    sensors.append(
+        sentry_on_run_failure
+        if settings.sentry_dsn
+        else _switched_off("sentry_on_run_failure", "SENTRY_DSN is", sentry_what)
+    )
     if settings.slack_enabled:
         assert settings.slack_token and settings.slack_channel
         sensors.append(build_slack_run_failure_sensor(settings.slack_token, settings.slack_channel))
         sensors.append(
             build_slack_degraded_launch_sensor(settings.slack_token, settings.slack_channel)
+        )
+    else:
+        slack = "SLACK_BOT_TOKEN and SLACK_CHANNEL are"
+        sensors.append(
+            _switched_off("slack_on_run_failure", slack, "posts every failed run to Slack.")
+        )
+        sensors.append(
+            _switched_off(
+                "slack_on_degraded_progress_launch",
+                slack,
+                f"tells Slack when {PROGRESS_JOB} starts tagged {DEGRADED_TAG}.",
+            )
         )
     return {"sensors": sensors, "asset_checks": checks}
 

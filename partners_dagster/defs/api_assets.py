@@ -14,8 +14,9 @@ from ..steps.course_reports import (
 )
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .alerts import report_auth_failure, report_unknown_courses
-from .constants import GROUP, PROGRESS_JOB
-from .metadata import request_tally, table
+from .constants import API_POOL, GROUP, PROGRESS_JOB
+from .failures import fails_in_one_line
+from .metadata import content_version, request_tally, table
 from .run_options import RunOptions
 
 COURSE_RUNS = dg.AssetKey("course_runs")
@@ -33,6 +34,7 @@ COURSE_RUNS = dg.AssetKey("course_runs")
         )
     },
     can_subset=True,
+    pool=API_POOL,
     check_specs=[
         dg.AssetCheckSpec(
             "no_unknown_courses",
@@ -53,6 +55,7 @@ COURSE_RUNS = dg.AssetKey("course_runs")
         ),
     ],
 )
+@fails_in_one_line
 def course_runs(
     context: dg.AssetExecutionContext,
     partners_api: PartnersApiResource,
@@ -127,6 +130,7 @@ def course_runs(
     yield dg.Output(
         frame,
         output_name="course_runs",
+        data_version=content_version(frame),  # same answers, same version: no false "Unsynced"
         metadata={
             "runs": len(runs),
             "courses": len(courses),
@@ -146,6 +150,7 @@ def course_runs(
 
 @dg.asset(
     group_name=GROUP,
+    pool=API_POOL,
     kinds={"python", "pandas"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -160,6 +165,7 @@ def course_runs(
         ),
     ],
 )
+@fails_in_one_line
 def course_enrolments(
     context: dg.AssetExecutionContext,
     partners_api: PartnersApiResource,
@@ -191,6 +197,7 @@ def course_enrolments(
         )
     return dg.MaterializeResult(
         value=result,
+        data_version=content_version(result.enrolments, failed),
         metadata={
             "runs_fetched": result.runs_fetched,
             "runs_failed": len(failed),

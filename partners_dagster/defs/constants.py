@@ -22,3 +22,8 @@ NIGHTLY_JOBS = (MEMBERSHIPS_JOB, PROGRESS_JOB)
 
 # The daemon-evaluated freshness check on achievement_progress (dagster's default name).
 FRESHNESS_CHECK = "freshness_check"
+
+# The concurrency pool of every asset of the night (dagster.yaml: one run at a time holds it),
+# so that any run that reads the API or writes the website's tables, however launched, waits
+# for the one in progress.
+API_POOL = "partners_api"

@@ -7,7 +7,9 @@ import dagster as dg
 from ..sidekiq.resource import SidekiqResource
 from ..steps.follow_up_delivery import RepositoryOutboxStore, outbox_problems
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import GROUP
+from .constants import API_POOL, GROUP
+from .failures import fails_in_one_line
+from .metadata import with_night_summary
 from .run_options import RunOptions
 
 # Set-aside rows named one by one in the log and metadata; the rest are counted.
@@ -16,6 +18,7 @@ SHOWN_ERRORS = 20
 
 @dg.asset(
     group_name=GROUP,
+    pool=API_POOL,
     kinds={"python", "redis"},
     deps=["achievement_progress"],
     check_specs=[
@@ -28,6 +31,7 @@ SHOWN_ERRORS = 20
         )
     ],
 )
+@fails_in_one_line
 def follow_up_jobs(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
@@ -67,7 +71,7 @@ def follow_up_jobs(
         )
     problems = outbox_problems(result, sidekiq_configured=sidekiq.configured)
     oldest = result.oldest_waiting_age
-    return dg.MaterializeResult(
+    materialized = dg.MaterializeResult(
         metadata={
             "delivered": result.delivered_total,
             "delivered_by_job_class": dg.MetadataValue.json(result.delivered),
@@ -91,6 +95,7 @@ def follow_up_jobs(
                 check_name="outbox_drained",
                 passed=not problems,
                 severity=dg.AssetCheckSeverity.WARN,
+                description="; ".join(problems) or None,
                 metadata={
                     "waiting": result.waiting,
                     "set_aside": result.set_aside_total,
@@ -99,3 +104,4 @@ def follow_up_jobs(
             )
         ],
     )
+    return with_night_summary(context, materialized)

@@ -55,3 +55,33 @@ update_progress_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     config=DEFAULT_RUN_CONFIG,
 )
+
+
+# The assets that change the website's tables or its job queue. The UI's "Materialize" and
+# "Materialize all" launch them without a dialog; their descriptions, shown on the asset page
+# beside that button, say so first (README, "Runs launched from the UI").
+WRITES_WEBSITE = {
+    "membership_links": "users.future_learn_organisation_memberships",
+    "achievement_progress": "achievements and achievement_transitions",
+    "follow_up_jobs": "the website's Sidekiq queue",
+}
+
+
+def with_write_warnings(assets: list) -> list:
+    """``assets`` with a first line in the description of each that writes the website's
+    data, and a ``writes`` tag the asset graph shows."""
+
+    def warn(spec: dg.AssetSpec) -> dg.AssetSpec:
+        target = WRITES_WEBSITE.get(spec.key.to_user_string())
+        if target is None:
+            return spec
+        first = (
+            f"**Writes the Teach Computing website's data ({target}).** Materializing it runs "
+            "tonight's rules for real, as the nightly job does (idempotent: a second run "
+            "changes nothing new), and waits for any other run of the night's assets."
+        )
+        return spec.replace_attributes(
+            description=f"{first}\n\n{spec.description or ''}".strip()
+        ).merge_attributes(tags={"partners_dagster/writes": "website"})
+
+    return dg.map_asset_specs(warn, assets)

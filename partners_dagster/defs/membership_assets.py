@@ -13,12 +13,14 @@ from ..steps.membership_lookup import look_up_memberships
 from ..steps.membership_matching import FORGOTTEN, match_memberships
 from ..steps.night_plan import NightPlan
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import GROUP
-from .metadata import request_tally, table
+from .constants import API_POOL, GROUP
+from .failures import fails_in_one_line
+from .metadata import request_tally, table, with_night_summary
 from .run_options import RunOptions, plan_metadata
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "pandas"})
+@dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"})
+@fails_in_one_line
 def organisation_memberships(
     context: dg.AssetExecutionContext,
     partners_api: PartnersApiResource,
@@ -67,6 +69,7 @@ def organisation_memberships(
 
 @dg.asset(
     group_name=GROUP,
+    pool=API_POOL,
     kinds={"python", "sql"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -76,6 +79,7 @@ def organisation_memberships(
         )
     ],
 )
+@fails_in_one_line
 def membership_links(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,
@@ -126,7 +130,7 @@ def membership_links(
         external_learner_id=matches.ambiguous["external_learner_id"].map(mask_email)
     )
     not_found = int((organisation_memberships["fetch_status"] == "not_found").sum())
-    return dg.MaterializeResult(
+    materialized = dg.MaterializeResult(
         metadata={
             **plan_metadata(plan, run_options, scope),
             "memberships_linked": len(result.links),
@@ -156,3 +160,4 @@ def membership_links(
             )
         ],
     )
+    return with_night_summary(context, materialized)

@@ -11,12 +11,14 @@ from ..steps.latest_enrolment import LatestEnrolmentSet, select_latest_enrolment
 from ..steps.night_plan import NightPlan
 from ..steps.progress_update import update_achievement_progress
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import GROUP
+from .constants import API_POOL, GROUP
+from .failures import fails_in_one_line
 from .metadata import table
 from .run_options import RunOptions, plan_metadata
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "pandas"}, deps=["membership_links"])
+@dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"}, deps=["membership_links"])
+@fails_in_one_line
 def latest_enrolments(
     teachcomputing_db: TeachComputingDatabaseResource,
     run_options: RunOptions,
@@ -49,6 +51,7 @@ def latest_enrolments(
 
 @dg.asset(
     group_name=GROUP,
+    pool=API_POOL,
     kinds={"python", "sql"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -58,6 +61,7 @@ def latest_enrolments(
         )
     ],
 )
+@fails_in_one_line
 def achievement_progress(
     context: dg.AssetExecutionContext,
     teachcomputing_db: TeachComputingDatabaseResource,

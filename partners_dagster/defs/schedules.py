@@ -16,6 +16,7 @@ from .jobs import update_memberships_job, update_progress_job
 TIMEZONE = "Europe/London"
 WINDOW_OPENS = time(2, 30)
 LAST_TICK = time(5, 45)
+PROGRESS_CRONS = ["30,45 2 * * *", "*/15 3-5 * * *"]
 
 IN_PROGRESS = frozenset(
     {
@@ -134,7 +135,9 @@ def update_memberships_schedule(context: dg.ScheduleEvaluationContext) -> dg.Run
 
 @dg.schedule(
     name="update_progress_schedule",
-    cron_schedule="*/15 2-5 * * *",
+    # Two crons, so the UI shows the real window: 02:30 and 02:45, then every 15 minutes from
+    # 03:00 to 05:45 (DESIGN's `*/15 2-5 * * *` less the ticks before 02:30, which skip).
+    cron_schedule=PROGRESS_CRONS,
     execution_timezone=TIMEZONE,
     job=update_progress_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,

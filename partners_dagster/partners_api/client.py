@@ -303,6 +303,9 @@ class PartnersApiClient:
         # Refetch (an operator's run option): ask the API again instead of using what the
         # response cache holds, and store the new answers.
         self.refetch = False
+        # Called before each retry's wait with (endpoint, attempt that failed, its error,
+        # seconds until the next attempt): the resource logs it while the retries go on.
+        self.on_retry: Callable[[str, int, BaseException | None, float], None] | None = None
 
     # -- public reads ----------------------------------------------------------------------
 
@@ -611,6 +614,9 @@ class PartnersApiClient:
 
             def count_retry(state: RetryCallState) -> None:
                 self.stats.add(endpoint, "retries")
+                if self.on_retry is not None:
+                    error = state.outcome.exception() if state.outcome else None
+                    self.on_retry(endpoint, state.attempt_number, error, state.upcoming_sleep)
 
             retrying = Retrying(
                 stop=stop,

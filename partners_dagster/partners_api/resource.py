@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from ..privacy import mask_url
+from ..privacy import mask_url, scrub_secrets
 from ..settings import (
     DEFAULT_CACHE_EXPIRY_SECONDS,
     DEFAULT_MAX_CONCURRENCY,
@@ -19,6 +20,40 @@ from ..settings import (
 
 if TYPE_CHECKING:
     from .client import PartnersApiClient
+
+
+# Retries logged one by one, then every RETRY_LOG_EVERY-th: a night of 20% faults must not
+# bury the run's log under thousands of lines.
+RETRY_LOG_FIRST = 30
+RETRY_LOG_EVERY = 100
+
+
+class RetryLog:
+    """Logs the client's retries as warnings while they happen (a run that retries for
+    minutes is not silent), naming the endpoint, the attempt, the error and the wait."""
+
+    def __init__(self, log: Any, *urls: str | None):
+        self._log = log
+        self._urls = urls  # whose passwords never show, even in pieces
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, endpoint: str, attempt: int, error: BaseException | None, wait: float
+    ) -> None:
+        with self._lock:
+            self._count += 1
+            count = self._count
+        if count > RETRY_LOG_FIRST and count % RETRY_LOG_EVERY:
+            return
+        reason = (
+            scrub_secrets(" ".join(str(error).split())[:300], *self._urls) if error else "no answer"
+        )
+        more = f" ({count} retries so far in this run)" if count > RETRY_LOG_FIRST else ""
+        self._log.warning(
+            f"Partners API {endpoint}: attempt {attempt} failed ({reason}); "
+            f"retrying in {wait:.1f} s{more}"
+        )
 
 
 class PartnersApiResource(ConfigurableResource):
@@ -107,6 +142,8 @@ class PartnersApiResource(ConfigurableResource):
             max_response_bytes=self.max_response_bytes,
             allow_insecure_http=self.allow_insecure_http,
         )
+        if context is not None and context.log is not None:
+            self._client.on_retry = RetryLog(context.log, self.base_url, self.cache)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._client is not None:

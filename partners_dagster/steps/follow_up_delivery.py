@@ -62,7 +62,8 @@ class RepositoryOutboxStore:
 
 def outbox_problems(result: DeliveryResult, *, sidekiq_configured: bool) -> list[str]:
     """Why the ``outbox_drained`` check fails (empty when it passes): a row has waited longer
-    than ``MAX_WAIT``; rows are set aside and need an operator; or the Redis the rows went to
+    than ``MAX_WAIT``; rows wait and no Sidekiq is configured to take them; rows are set aside
+    and need an operator; or the Redis the rows went to
     has no Sidekiq process registered, so being delivered there does not mean reaching the
     website."""
     problems = []
@@ -76,6 +77,12 @@ def outbox_problems(result: DeliveryResult, *, sidekiq_configured: bool) -> list
         problems.append(
             f"{result.set_aside_total} follow-up job(s) are set aside: they cannot be "
             "delivered as they are (partners_dagster_outbox.delivery_error says why)"
+        )
+    if not sidekiq_configured and result.waiting:
+        # Jobs waiting with no Sidekiq to take them will not leave tomorrow either.
+        problems.append(
+            f"{result.waiting} follow-up job(s) wait and TEACHCOMPUTING_SIDEKIQ_REDIS_URL is "
+            "not set: nothing delivers them"
         )
     if sidekiq_configured and result.sidekiq_processes == 0:
         problems.append(

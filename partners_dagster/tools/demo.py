@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from ..teachcomputing.engine import make_engine, read_only
 from ..teachcomputing.migrate import upgrade
 from ..teachcomputing.repository import TeachComputingRepository
 from ..teachcomputing.schema import create_teachcomputing_tables
-from .local_instance import local_dagster_home, write_workspace
+from .local_instance import local_dagster_home, run_until_stopped, write_workspace
 
 
 @dataclass
@@ -180,7 +179,8 @@ def run_ui(scale: str, seed: int, port: int, say: Callable[[str], None] = print)
         # The same code location name as the repository's workspace.yaml.
         workspace = write_workspace(embedded.data_dir / "dagster_home" / "workspace.yaml")
         command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace)]
-        return subprocess.call(
+        # Stops on Ctrl-C and on SIGTERM, dagster dev's whole session with it.
+        return run_until_stopped(
             [*command, "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, **embedded.env}
         )
     except KeyboardInterrupt:
