@@ -287,6 +287,22 @@ def test_the_sensors_page_shows_which_alerts_are_off(ui, page):
         assert sensor in text
 
 
+def test_a_dry_run_launched_from_the_launchpad_shows_its_plan(ui, page):
+    run_id = ui.launch(
+        "update_progress_job",
+        run_config={"resources": {"run_options": {"config": {"dry_run": True}}}},
+    )
+    assert ui.wait_for(run_id, {"FAILURE", "SUCCESS", "CANCELED"}) == "SUCCESS"
+    text = visit(
+        page,
+        f"{ui.url}/assets/achievement_progress",
+        "dry-run-plan",
+        "DRY RUN: nothing was written",
+    )
+    assert "plan_progress" in text and "plan_job" in text and "plan_preview" in text
+    assert re.search(r"\d+ change\(s\): \d+ link, \d+ achievement", text), text[-2000:]
+
+
 def test_the_asset_pages_show_no_email_or_secret(ui, page):
     for asset in ASSETS:
         visit(page, f"{ui.url}/assets/{asset}", f"asset-{asset}", asset)
