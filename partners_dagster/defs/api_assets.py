@@ -17,6 +17,7 @@ from .alerts import report_auth_failure, report_unknown_courses
 from .constants import API_POOL, GROUP, PROGRESS_JOB
 from .failures import fails_in_one_line
 from .metadata import content_version, request_tally, table
+from .night_asset import night_asset
 from .run_options import RunOptions
 
 COURSE_RUNS = dg.AssetKey("course_runs")
@@ -148,9 +149,7 @@ def course_runs(
     yield from (c for c in checks if dg.AssetCheckKey(COURSE_RUNS, c.check_name) in selected)
 
 
-@dg.asset(
-    group_name=GROUP,
-    pool=API_POOL,
+@night_asset(
     kinds={"python", "pandas"},
     check_specs=[
         dg.AssetCheckSpec(

@@ -7,18 +7,16 @@ import dagster as dg
 from ..sidekiq.resource import SidekiqResource
 from ..steps.follow_up_delivery import RepositoryOutboxStore, outbox_problems
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
 from .metadata import with_night_summary
+from .night_asset import night_asset
 from .run_options import RunOptions
 
 # Set-aside rows named one by one in the log and metadata; the rest are counted.
 SHOWN_ERRORS = 20
 
 
-@dg.asset(
-    group_name=GROUP,
-    pool=API_POOL,
+@night_asset(
     kinds={"python", "redis"},
     deps=["achievement_progress"],
     check_specs=[

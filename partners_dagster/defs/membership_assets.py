@@ -13,13 +13,13 @@ from ..steps.membership_lookup import look_up_memberships
 from ..steps.membership_matching import FORGOTTEN, match_memberships
 from ..steps.night_plan import NightPlan
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
 from .metadata import request_tally, table, with_night_summary
+from .night_asset import night_asset
 from .run_options import RunOptions, plan_metadata
 
 
-@dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"})
+@night_asset(kinds={"python", "pandas"})
 @fails_in_one_line
 def organisation_memberships(
     context: dg.AssetExecutionContext,
@@ -67,9 +67,7 @@ def organisation_memberships(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    pool=API_POOL,
+@night_asset(
     kinds={"python", "sql"},
     check_specs=[
         dg.AssetCheckSpec(

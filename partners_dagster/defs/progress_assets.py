@@ -11,13 +11,13 @@ from ..steps.latest_enrolment import LatestEnrolmentSet, select_latest_enrolment
 from ..steps.night_plan import NightPlan
 from ..steps.progress_update import update_achievement_progress
 from ..teachcomputing.resource import TeachComputingDatabaseResource
-from .constants import API_POOL, GROUP
 from .failures import fails_in_one_line
 from .metadata import table
+from .night_asset import night_asset
 from .run_options import RunOptions, plan_metadata
 
 
-@dg.asset(group_name=GROUP, pool=API_POOL, kinds={"python", "pandas"}, deps=["membership_links"])
+@night_asset(kinds={"python", "pandas"}, deps=["membership_links"])
 @fails_in_one_line
 def latest_enrolments(
     teachcomputing_db: TeachComputingDatabaseResource,
@@ -49,9 +49,7 @@ def latest_enrolments(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    pool=API_POOL,
+@night_asset(
     kinds={"python", "sql"},
     check_specs=[
         dg.AssetCheckSpec(
