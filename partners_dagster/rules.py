@@ -144,9 +144,8 @@ def user_ids_by_email(ids: Iterable[str], emails: Iterable[str | None]) -> dict[
 class LinkPlan:
     links: pd.DataFrame  # to make: membership_uuid, user_id, matched_by
     already_linked: int  # in the matched user's array already
-    conflicts: list[
-        dict
-    ]  # in another user's array: membership_uuid, linked_user_id, matched_user_id
+    # In another user's array: membership_uuid, linked_user_id, matched_user_id.
+    conflicts: list[dict]
 
 
 def plan_links(matches: pd.DataFrame, held: pd.DataFrame) -> LinkPlan:
@@ -178,21 +177,18 @@ def lookups_naming_forgotten_users(lookups: pd.DataFrame, users: pd.DataFrame) -
     if forgotten.empty:
         return []
     live = users[~users["forgotten"].astype(bool)]
-    forgotten_ids, forgotten_emails = (
-        set(forgotten["id"]),
-        user_ids_by_email(forgotten["id"], forgotten["email"]),
-    )
-    live_ids, live_emails = set(live["id"]), user_ids_by_email(live["id"], live["email"])
-    naming = []
-    for membership_uuid, external in zip(
-        lookups["membership_uuid"], lookups["external_learner_id"], strict=True
-    ):
-        if not isinstance(external, str):
-            continue
-        names_forgotten = match_user(external, forgotten_ids, forgotten_emails).matched_by
-        if names_forgotten and match_user(external, live_ids, live_emails).matched_by is None:
-            naming.append(membership_uuid)
-    return naming
+    forgotten_emails = user_ids_by_email(forgotten["id"], forgotten["email"])
+    live_emails = user_ids_by_email(live["id"], live["email"])
+    forgotten_ids, live_ids = set(forgotten["id"]), set(live["id"])
+    return [
+        membership_uuid
+        for membership_uuid, external in zip(
+            lookups["membership_uuid"], lookups["external_learner_id"], strict=True
+        )
+        if isinstance(external, str)
+        and match_user(external, forgotten_ids, forgotten_emails).matched_by
+        and match_user(external, live_ids, live_emails).matched_by is None
+    ]
 
 
 def lookup_due_at(membership_uuid: str, fetched_at: datetime, refresh_days: float) -> datetime:
