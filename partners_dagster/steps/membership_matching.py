@@ -66,7 +66,7 @@ def plan_membership_lookups(
         on_reports=len(seen),
         already_linked=len(seen) - len(unlinked),
         to_fetch=sorted(never | set(due)),
-        remembered=_as_memberships(remembered),
+        remembered=as_memberships(remembered),
         never_looked_up=len(never),
     )
 
@@ -139,13 +139,13 @@ def remembered_answers(lookups: pd.DataFrame, membership_uuids: set[str]) -> pd.
     """MEMBERSHIP_COLUMNS from the memory for those of ``membership_uuids`` it holds: a due
     lookup whose refresh failed tonight is matched again on its last answer, like every
     remembered lookup (it stays due, so it is asked again next night)."""
-    return _as_memberships(lookups[lookups["membership_uuid"].isin(membership_uuids)])
+    return as_memberships(lookups[lookups["membership_uuid"].isin(membership_uuids)])
 
 
 FORGOTTEN = "forgotten"  # a fetch_status: the answer named a forgotten user, and was erased
 
 
-def _as_memberships(lookups: pd.DataFrame) -> pd.DataFrame:
+def as_memberships(lookups: pd.DataFrame) -> pd.DataFrame:
     """MEMBERSHIP_COLUMNS from remembered lookups; one whose email was erased because it
     named a forgotten user has fetch_status ``forgotten``: never matched, never listed."""
     erased = (

@@ -14,7 +14,7 @@ import csv
 import pandas as pd
 
 from ..privacy import mask_email
-from ..steps.membership_matching import MEMBERSHIP_COLUMNS, match_memberships
+from ..steps.membership_matching import as_memberships, match_memberships
 from ..teachcomputing.repository import TeachComputingRepository
 
 # A cell starting with one of these is read as a formula by spreadsheet programs (OWASP's
@@ -51,19 +51,9 @@ def list_unmatched(
     ``lookups``: ``TeachComputingRepository.membership_lookups()``; ``linked``:
     ``linked_memberships()``; ``users``: ``users()``."""
     open_ = lookups[~lookups["membership_uuid"].isin(set(linked["membership_uuid"]))]
-    # A lookup whose email named a forgotten user was erased: it names nobody now.
-    open_ = open_[open_["forgotten_at"].isna()] if "forgotten_at" in open_ else open_
-    memberships = pd.DataFrame(
-        {
-            "membership_uuid": open_["membership_uuid"],
-            "learner_uuid": open_["learner_uuid"],
-            "external_learner_id": open_["external_learner_id"],
-            "fetch_status": open_["status"],
-            "error": None,
-        },
-        columns=MEMBERSHIP_COLUMNS,
-    )
-    matches = match_memberships(memberships, users)
+    # As step 1 reads the memory: a lookup erased because it named a forgotten user
+    # names nobody now, and is neither matched nor listed.
+    matches = match_memberships(as_memberships(open_), users)
     reasons = pd.concat(
         [
             pd.DataFrame({"membership_uuid": matches.unmatched["membership_uuid"]}).assign(
