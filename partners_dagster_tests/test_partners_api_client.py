@@ -15,7 +15,7 @@ from partners_dagster.partners_api import (
     NotFoundError,
     UnauthorizedError,
 )
-from partners_dagster.partners_api.client import ENROLMENTS_REPORT
+from partners_dagster.partners_api.endpoints import ENROLMENTS_REPORT
 from partners_dagster.partners_api.tokens import TokenSource
 from partners_dagster.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, Faults
 

@@ -14,8 +14,8 @@ import pytest
 import redis
 import requests
 
-from partners_dagster.partners_api import client as client_module
-from partners_dagster.partners_api.client import COURSE_RUNS, ENROLMENTS_REPORT
+from partners_dagster.partners_api import cache as cache_module
+from partners_dagster.partners_api.endpoints import COURSE_RUNS, ENROLMENTS_REPORT
 from partners_dagster.partners_api.records import (
     TABLE_MAGIC,
     EnrolmentTable,
@@ -170,7 +170,7 @@ def test_answers_unused_long_past_their_expiry_leave_the_sqlite_cache_the_others
     """Expired answers stay, to be revalidated; only those unused for STALE_KEEP_SECONDS
     past their expiry go, with their parsed forms, before a client's first batch."""
     keep = 6  # wide margins: a loaded machine may take seconds between two steps
-    monkeypatch.setattr(client_module, "STALE_KEEP_SECONDS", keep)
+    monkeypatch.setattr(cache_module, "STALE_KEEP_SECONDS", keep)
     run_uuids = tiny_dataset.runs["run_uuid"].tolist()
     _tables(make_client(cache_expiry_seconds=EXPIRY), run_uuids[1:])
     time.sleep(EXPIRY + keep + 0.2)  # run_uuids[1:] have gone unused for longer than kept
@@ -214,4 +214,4 @@ def test_with_the_shared_redis_a_304_renews_and_nothing_is_parsed_twice(
         connection = redis.Redis.from_url(redis_cache.url)
         ttls = [connection.ttl(k) for k in connection.scan_iter("partners_api:*")]
         connection.close()
-        assert ttls and all(0 < t <= client_module.STALE_KEEP_SECONDS + REDIS_EXPIRY for t in ttls)
+        assert ttls and all(0 < t <= cache_module.STALE_KEEP_SECONDS + REDIS_EXPIRY for t in ttls)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from partners_dagster.definitions import build_definitions
 from partners_dagster.defs import alerts
 from partners_dagster.partners_api import PartnersApiClient, PartnersApiError
-from partners_dagster.partners_api.client import make_cache_backend
+from partners_dagster.partners_api.cache import make_cache_backend
 from partners_dagster.partners_api.resource import PartnersApiResource
 from partners_dagster.privacy import mask_url, mask_url_passwords, scrub_secrets
 from partners_dagster.settings import ConfigurationError

@@ -14,7 +14,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .client import PartnersApiClient, RequestStats
+    from .client import PartnersApiClient
     from .records import (
         CourseEnrolment,
         CourseRun,
@@ -22,12 +22,13 @@ if TYPE_CHECKING:
         OrganisationMembership,
         Rejection,
     )
+    from .stats import RequestStats
 
 # The client and the records (requests, requests-cache, pandas) load on first use, so that
 # loading the definitions, or importing an error class, stays light.
 _LAZY = {
     "PartnersApiClient": "client",
-    "RequestStats": "client",
+    "RequestStats": "stats",
     "CourseEnrolment": "records",
     "CourseRun": "records",
     "EnrolmentReport": "records",

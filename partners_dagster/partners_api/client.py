@@ -1,4 +1,5 @@
-"""The FutureLearn Partners API client: auth, response cache, retries, typed records.
+"""The FutureLearn Partners API client: auth, retries, the request deadline, typed records.
+Its response cache is in ``cache``, its request counters in ``stats``.
 
 Retries live here, at the level that signs requests, rather than in urllib3's
 ``Retry``: urllib3 resends the *original* request, whose 90-second token can
@@ -8,27 +9,39 @@ expire while it waits out a ``Retry-After``. Every attempt below asks the
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import sqlite3
 import threading
-import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import redis
 import requests
 import requests_cache
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from ..privacy import mask_url, scrub_exception, scrub_secrets, unreadable_url_reason
+from ..privacy import mask_url, scrub_exception, unreadable_url_reason
 from ..settings import DEFAULT_REQUEST_DEADLINE_SECONDS, ConfigurationError
+from .cache import (
+    CACHE_ERRORS,
+    UNCACHED_ENDPOINTS,
+    cache_key_function,
+    cached_session,
+    clear_backend,
+    forget_answer,
+    fresh_keys,
+    is_json_response,
+    make_cache_backend,
+    parsed_reports,
+)
+from .endpoints import (
+    COURSE_RUN,
+    COURSE_RUNS,
+    ENDPOINTS,
+    ENROLMENTS_REPORT,
+    ORGANISATION_MEMBERSHIP,
+)
 from .errors import (
     ApiUnavailableError,
     DeadlineExceededError,
@@ -52,6 +65,7 @@ from .records import (
     parse_enrolment_report,
     parse_one,
 )
+from .stats import RequestStats
 from .tokens import TokenSource
 from .transport import (
     BodyTooLarge,
@@ -63,16 +77,6 @@ from .transport import (
 
 T = TypeVar("T")
 
-# Endpoint names used in errors and request counters.
-COURSE_RUNS = "course_runs"
-COURSE_RUN = "course_run"
-ENROLMENTS_REPORT = "course_enrolments_report"
-ORGANISATION_MEMBERSHIP = "organisation_membership"
-ENDPOINTS = (COURSE_RUNS, COURSE_RUN, ENROLMENTS_REPORT, ORGANISATION_MEMBERSHIP)
-# Never served from or stored in the response cache: a membership's answer (a 404 included)
-# is kept in the membership memory, which decides when to ask again. Storing tens of
-# thousands of them in the cache as well cost more than asking.
-UNCACHED_ENDPOINTS = frozenset({ORGANISATION_MEMBERSHIP})
 
 MAX_UNAUTHORIZED_ATTEMPTS = 3
 # The API does not redirect; a few hops are followed in case a proxy does, a loop is an error.
@@ -86,11 +90,6 @@ DEFAULT_MAX_RESPONSE_BYTES = {
     ENROLMENTS_REPORT: 256 * MIB,
     ORGANISATION_MEMBERSHIP: 1 * MIB,
 }
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-# An answer past its expiry is kept this long, to be revalidated with its ETag (a 304 renews
-# it with no body sent); one unused for longer is dropped (SQLite: before a batch; Redis: by
-# the TTL of its key). Its parsed form is kept as long, beside it.
-STALE_KEEP_SECONDS = 8 * 24 * 60 * 60
 
 
 class _Retryable(Exception):
@@ -109,139 +108,6 @@ class _DeadlineReached(Exception):
 
 class _NotCached(Exception):
     """Asked of the response cache alone, which holds no fresh answer."""
-
-
-class RequestStats:
-    """Per-endpoint counters, thread-safe: network requests (``not_modified`` of them were
-    answered ``304``, which renewed a cached answer), cache hits, bodies parsed (an answer
-    whose parsed form is kept is not parsed again), retries, failures."""
-
-    FIELDS = ("network", "not_modified", "cache_hits", "parses", "retries", "failures")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, Counter] = defaultdict(Counter)
-
-    def add(self, endpoint: str, field: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[endpoint][field] += n
-
-    def snapshot(self) -> dict[str, dict[str, int]]:
-        with self._lock:
-            return {
-                endpoint: {field: self._counts[endpoint][field] for field in self.FIELDS}
-                for endpoint in ENDPOINTS
-            }
-
-    def total(self, field: str) -> int:
-        with self._lock:
-            return sum(counts[field] for counts in self._counts.values())
-
-
-class _RedactedHistory:
-    """requests-cache redacts ``Authorization`` from the request it stores, but not from the
-    requests of ``response.history``: a same-host redirect would store the bearer token."""
-
-    def save_response(self, response, cache_key=None, expires=None):  # type: ignore[no-untyped-def]
-        for earlier in getattr(response, "history", None) or ():
-            request = getattr(earlier, "request", None)
-            if request is not None and request.headers is not None:
-                request.headers.pop("Authorization", None)
-        super().save_response(response, cache_key, expires)  # type: ignore[misc]
-
-
-class _SQLiteCache(_RedactedHistory, requests_cache.SQLiteCache):
-    pass
-
-
-class _RedisCache(_RedactedHistory, requests_cache.RedisCache):
-    pass
-
-
-def _private_file(path: Path) -> None:
-    """Create ``path`` readable by its owner only (it holds personal data), or tighten it.
-    SQLite gives its -wal and -shm files the mode of the database file."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        try:
-            if name.exists() and name.stat().st_mode & 0o077:
-                name.chmod(0o600)
-        except OSError:
-            pass  # not ours to change: SQLite will say if it cannot use it
-
-
-def make_cache_backend(
-    location: str | None, *, check: bool = True
-) -> requests_cache.BaseCache | None:
-    """A SQLite file path, or a ``redis://`` URL; ``None`` or ``""`` means no cache. With
-    ``check``, the cache is reached now, so that a wrong location fails at start-up."""
-    if not location:
-        return None
-    if location.startswith(REDIS_SCHEMES):
-        problem = unreadable_url_reason(location)
-        if problem is None:
-            try:
-                connection = redis.Redis.from_url(
-                    location, socket_connect_timeout=5, socket_timeout=30
-                )
-                if check:
-                    connection.ping()
-                # Kept past their expiry, to be revalidated (see STALE_KEEP_SECONDS).
-                return _RedisCache(
-                    namespace="partners_api", connection=connection, ttl_offset=STALE_KEEP_SECONDS
-                )
-            except Exception as error:
-                # redis-py may quote part of a password it misread ("Port could not be cast
-                # to integer value as '...'").
-                problem = scrub_secrets(f"{type(error).__name__}: {error}", location)[:200]
-        # Raised outside the except block: the library's error is not chained to it.
-        raise ConfigurationError(
-            f"FL_PARTNERS_CACHE: cannot use the Redis cache at {mask_url(location)!r}: {problem}"
-        )
-    path = Path(location)
-    if not path.suffix:
-        path = path.with_name(path.name + ".sqlite")  # what requests-cache would open
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _private_file(path)
-        # WAL lets readers and the writer overlap; fast_save skips the fsync per response
-        # (a cache lost in a crash is refilled from the API, nothing else is lost); another
-        # process writing the same file (two nights at once) is waited for, not an error.
-        backend = _SQLiteCache(path, wal=True, fast_save=True, busy_timeout=60_000)
-        if check:
-            backend.responses.count()  # opens the file now, so a bad path fails here
-            _private_file(path)  # the -wal and -shm files now exist
-    except Exception as error:
-        raise ConfigurationError(
-            f"FL_PARTNERS_CACHE: cannot open cache file {str(path)!r}: {error}"
-        ) from None
-    return backend
-
-
-def _is_json_response(response: requests.Response) -> bool:
-    return response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
-
-
-def cache_key_function(consumer_key: str) -> Callable[..., str]:
-    """Keys of method and URL, in the consumer key's namespace: another consumer (or a wrong
-    key) is never served our answers. Never the secret or the token. (Our URLs are canonical;
-    requests-cache's default key normalises every request, a cost paid on each cache hit.)"""
-    namespace = hashlib.sha256(consumer_key.encode()).hexdigest()[:16]
-
-    def cache_key(request: requests.PreparedRequest, **_: Any) -> str:
-        text = f"{namespace} {request.method} {request.url}"
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    return cache_key
-
-
-def _is_cacheable(response: requests.Response) -> bool:
-    """No answer but a successful JSON one is stored (``allowable_codes`` keeps the other
-    statuses out). requests-cache also deletes what it holds for a request whose answer
-    this refuses, so a 504 of a cache-only read or a 500 while revalidating must pass:
-    the expired answer stays, to be revalidated."""
-    return response.status_code != 200 or _is_json_response(response)
 
 
 class PartnersApiClient:
@@ -436,10 +302,7 @@ class PartnersApiClient:
 
     def clear_cache(self) -> None:
         if self._backend is not None:
-            self._backend.clear()
-            parsed = ParsedReports(self._backend, STALE_KEEP_SECONDS)
-            parsed.clear()
-            parsed.close()
+            clear_backend(self._backend)
 
     def close(self) -> None:
         for parsed in self._thread_parsed:
@@ -457,32 +320,12 @@ class PartnersApiClient:
         return self._backend is not None and endpoint not in UNCACHED_ENDPOINTS
 
     def _fresh_keys(self) -> frozenset[str] | None:
-        """The keys of a SQLite cache's fresh answers, in one statement, so that a batch
-        knows at a glance which answers it can read without asking the API; the expired
-        ones stay, to be revalidated on the pool. Before the first batch, answers unused for
-        ``STALE_KEEP_SECONDS`` past their expiry go, and parsed forms whose answer went.
-        ``None`` for Redis (each key is asked of it) or when this fails (it only costs
-        speed)."""
+        """See ``cache.fresh_keys``: before the first batch, the cache is pruned. ``None``
+        for Redis (each key is asked of it)."""
         if not isinstance(self._backend, requests_cache.SQLiteCache):
             return None
-        now = time.time()
-        table = self._backend.responses.table_name
-        with contextlib.suppress(sqlite3.Error):
-            if not self._pruned:
-                self._pruned = True
-                with self._backend.responses.connection(commit=True) as con:
-                    con.execute(
-                        f"DELETE FROM {table} WHERE expires <= ?", (now - STALE_KEEP_SECONDS,)
-                    )
-                parsed = ParsedReports(self._backend, STALE_KEEP_SECONDS)
-                parsed.prune(table)
-                parsed.close()
-            with self._backend.responses.connection() as con:
-                rows = con.execute(
-                    f"SELECT key FROM {table} WHERE expires IS NULL OR expires > ?", (now,)
-                ).fetchall()
-            return frozenset(key for (key,) in rows)
-        return None
+        prune, self._pruned = not self._pruned, True
+        return fresh_keys(self._backend, prune=prune)
 
     def _session(self, endpoint: str) -> requests.Session:
         # Neither requests.Session nor a SQLite connection should be shared between threads:
@@ -499,23 +342,9 @@ class PartnersApiClient:
                 backend = make_cache_backend(self._cache, check=False)
                 self._thread_backends.append(backend)
                 self._local.backend = backend
-                self._local.parsed = ParsedReports(backend, STALE_KEEP_SECONDS)
+                self._local.parsed = parsed_reports(backend)
                 self._thread_parsed.append(self._local.parsed)
-                session = requests_cache.CachedSession(
-                    backend=backend,
-                    expire_after=self._cache_expiry,
-                    # The API says max-age=0; we impose our own expiry instead. Past it, an
-                    # answer with an ETag is revalidated (If-None-Match): a 304 renews it.
-                    cache_control=False,
-                    allowable_codes=(200,),
-                    allowable_methods=("GET",),
-                    filter_fn=_is_cacheable,
-                    # Not part of the cache key, and redacted from what is stored.
-                    ignored_parameters=("Authorization",),
-                    match_headers=False,
-                    key_fn=self._cache_key,
-                    autoclose=False,
-                )
+                session = cached_session(backend, self._cache_expiry, self._cache_key)
             session.headers.update(
                 {"Accept": "application/json", "Content-Type": "application/json"}
             )
@@ -550,7 +379,7 @@ class PartnersApiClient:
         self.stats.add(endpoint, "parses")
         raw = response.content
         try:
-            if not _is_json_response(response):
+            if not is_json_response(response):
                 raise MalformedResponseError(
                     f"Content-Type is {response.headers.get('Content-Type')!r}, not application/json",
                     endpoint=endpoint,
@@ -586,10 +415,7 @@ class PartnersApiClient:
         """Never serve a bad body from the cache again."""
         backend = getattr(self._local, "backend", None)
         if backend is not None and getattr(response, "cache_key", None):
-            # A failing cache cannot keep it either way; the request fails regardless.
-            with contextlib.suppress(redis.RedisError, sqlite3.Error):
-                backend.delete(response.cache_key)
-            self._local.parsed.delete(response.cache_key)
+            forget_answer(backend, self._local.parsed, response.cache_key)
 
     def _get(self, url: str, endpoint: str) -> requests.Response:
         unauthorized = 0
@@ -757,7 +583,7 @@ class PartnersApiClient:
         ):
             self.stats.add(endpoint, "network")
             return _Retryable(f"{type(error).__name__} on {url}")
-        if isinstance(error, redis.RedisError | sqlite3.Error):
+        if isinstance(error, CACHE_ERRORS):
             # A busy SQLite file or a Redis restart passes; retried like a network fault.
             return _Retryable(
                 f"the response cache (FL_PARTNERS_CACHE) failed: {type(error).__name__}"

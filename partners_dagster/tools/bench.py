@@ -21,7 +21,8 @@ from sqlalchemy import func, inspect, select
 
 from .. import settings
 from ..defs.constants import DEFINITIONS_MODULE, NIGHTLY_JOBS
-from ..partners_api.client import ENDPOINTS, ENROLMENTS_REPORT, make_cache_backend
+from ..partners_api.cache import make_cache_backend
+from ..partners_api.endpoints import ENDPOINTS, ENROLMENTS_REPORT
 from ..partners_api.tokens import TokenSource
 from ..sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, SandboxControl, generate
 from ..sandbox.seed import seed_from_dataset
