@@ -216,7 +216,8 @@ def test_code_server_webserver_and_daemon_run_both_nights_and_one_asset_alone(
         )["schedulesOrError"]["results"]
         assert {(s["name"], s["cronSchedule"], s["executionTimezone"]) for s in schedules} == {
             ("update_memberships_schedule", "0 2 * * *", "Europe/London"),
-            ("update_progress_schedule", "*/15 2-5 * * *", "Europe/London"),
+            # Its real window, 02:30-05:45, as a list of crons (GraphQL shows the list).
+            ("update_progress_schedule", "['30,45 2 * * *', '*/15 3-5 * * *']", "Europe/London"),
         }
         runs = _graphql(
             port,
