@@ -21,7 +21,6 @@ from pathlib import Path
 import partners_dagster
 
 PACKAGE = Path(partners_dagster.__file__).parent
-SETTINGS = PACKAGE / "settings.py"
 READERS = {"environ", "environb", "getenv", "getenvb"}
 
 
@@ -53,7 +52,7 @@ def environment_readers(package: Path = PACKAGE) -> list[str]:
     """``path:line`` of every reading of the environment outside settings.py."""
     found = []
     for path in sorted(package.rglob("*.py")):
-        if path == SETTINGS:
+        if path == package / "settings.py":
             continue
         source = path.read_text()
         tree = ast.parse(source, str(path))
