@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import atexit
 import gc
-import os
 
 import dagster as dg
 
 
-def _env_or(name: str, default: str) -> str | dg.EnvVar:
+def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
     # EnvVar keeps a value that may hold a password (a database or redis URL) out of the
     # run config shown in the UI; the embedded default holds none.
-    return dg.EnvVar(name) if os.environ.get(name, "").strip() else default
+    from . import settings
+
+    return dg.EnvVar(name) if settings.is_set(name) else default
 
 
 def build_resources() -> dict:
@@ -44,9 +45,7 @@ def build_resources() -> dict:
             database_url=_env_or("TEACHCOMPUTING_DATABASE_URL", settings.default_database_url())
         ),
         "sidekiq": SidekiqResource(
-            redis_url=dg.EnvVar("TEACHCOMPUTING_SIDEKIQ_REDIS_URL")
-            if os.environ.get("TEACHCOMPUTING_SIDEKIQ_REDIS_URL", "").strip()
-            else None,
+            redis_url=_env_or("TEACHCOMPUTING_SIDEKIQ_REDIS_URL", None),
             globalid_app=settings.globalid_app(),
         ),
     }

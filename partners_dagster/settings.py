@@ -1,8 +1,9 @@
 """The one place that reads this project's environment.
 
-Everything configurable is named in docs/contracts.md ("Environment"). Secrets are not
-read here: they reach the API resource through ``dagster.EnvVar`` so that they
-never appear in Dagster's run config or logs.
+Everything configurable is named in docs/contracts.md ("Environment"). No other module reads
+``os.environ`` for a setting (test_settings.py pins it). Secrets' values are not read here:
+:func:`is_set` says whether one is set, and the definitions build ``dagster.EnvVar`` from its
+name, so that it never appears in Dagster's run config or logs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULT_CACHE_EXPIRY_SECONDS = 5 * 60 * 60
@@ -35,9 +37,17 @@ def data_dir() -> Path:
     return Path(os.environ.get("PARTNERS_DAGSTER_DATA") or ".partners_dagster").resolve()
 
 
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
+def variable(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Variable ``name`` of ``environ`` (None: this process's environment), blanks trimmed;
+    None when it is unset or blank."""
+    value = (os.environ if environ is None else environ).get(name)
     return value.strip() if value and value.strip() else None
+
+
+def is_set(name: str) -> bool:
+    """Whether variable ``name`` holds more than blanks: for a value that may hold a secret,
+    whose caller builds ``dagster.EnvVar(name)`` rather than read it."""
+    return variable(name) is not None
 
 
 def default_database_url() -> str:
@@ -49,13 +59,13 @@ def default_cache_location() -> str:
 
 
 def database_url() -> str:
-    return _env("TEACHCOMPUTING_DATABASE_URL") or default_database_url()
+    return variable("TEACHCOMPUTING_DATABASE_URL") or default_database_url()
 
 
 def _number(name: str, parse, default, low, high, what: str):
     """Variable ``name`` read as a number from ``low`` to ``high``, or ``default`` when unset;
     anything else fails naming the variable and what it must be."""
-    raw = _env(name)
+    raw = variable(name)
     if raw is None:
         return default
     try:
@@ -128,7 +138,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 def allow_insecure_http() -> bool:
     """Whether FL_PARTNERS_URL may be plain http:// to a host other than this machine."""
-    raw = _env(ALLOW_INSECURE_HTTP)
+    raw = variable(ALLOW_INSECURE_HTTP)
     if raw is None or raw.lower() in _FALSE:
         return False
     if raw.lower() in _TRUE:
@@ -151,7 +161,7 @@ def membership_refresh_days() -> float:
 
 def globalid_app() -> str:
     """TEACHCOMPUTING_GLOBALID_APP: the website's GlobalID app name."""
-    return _env("TEACHCOMPUTING_GLOBALID_APP") or DEFAULT_GLOBALID_APP
+    return variable("TEACHCOMPUTING_GLOBALID_APP") or DEFAULT_GLOBALID_APP
 
 
 def database_lock_timeout_seconds() -> float:

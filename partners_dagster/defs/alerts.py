@@ -16,13 +16,13 @@ no work and reads no environment variable; :func:`alert_definitions` reads it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
 import dagster as dg
 
+from ..settings import variable
 from .constants import DEGRADED_TAG, PROGRESS_JOB
 
 FRESHNESS_ASSET = dg.AssetKey("achievement_progress")
@@ -48,12 +48,10 @@ class AlertSettings:
 
 
 def alert_settings(environ: Mapping[str, str] | None = None) -> AlertSettings:
-    """The alert variables, blanks read as unset."""
-    env = os.environ if environ is None else environ
+    """The alert variables (of ``environ``, or of this process), blanks read as unset."""
 
     def value(name: str) -> str | None:
-        raw = env.get(name, "").strip()
-        return raw or None
+        return variable(name, environ)
 
     return AlertSettings(
         sentry_dsn=value("SENTRY_DSN"),

@@ -5,13 +5,8 @@ import pandas as pd
 
 from ..partners_api.errors import UnauthorizedError
 from ..partners_api.resource import PartnersApiResource
-from ..steps.course_reports import (
-    fetch_course_enrolments,
-    read_course_runs,
-    runs_listed,
-    scoped_runs,
-    unknown_courses,
-)
+from ..steps import asset_values
+from ..steps.course_reports import runs_listed, scoped_runs, unknown_courses
 from ..teachcomputing.resource import TeachComputingDatabaseResource
 from .alerts import report_auth_failure, report_unknown_courses
 from .constants import API_POOL, GROUP, PROGRESS_JOB
@@ -69,12 +64,9 @@ def course_runs(
     repository = teachcomputing_db.repository()
     scope = run_options.scope(repository)
     client = partners_api.client_for(run_options)
-    catalogue = repository.catalogue()
     with request_tally(client) as requests:
         try:
-            read = read_course_runs(
-                client, catalogue.activities["course_uuid"], partners_api.ignored_courses
-            )
+            read = asset_values.course_runs(client, repository, partners_api.ignored_courses)
         except UnauthorizedError as error:
             report_auth_failure(error, endpoint="course_runs", run_id=context.run.run_id)
             raise
@@ -178,8 +170,8 @@ def course_enrolments(
     client = partners_api.client_for(run_options)
     repository = teachcomputing_db.repository()
     with request_tally(client) as requests:
-        result = fetch_course_enrolments(
-            client, course_runs, repository.report_sizes(), run_options.accept_report_sizes
+        result = asset_values.course_enrolments(
+            client, repository, course_runs, run_options.accept_report_sizes
         )
     if not run_options.dry_run:
         repository.remember_report_sizes(result.report_sizes, context.run.run_id)

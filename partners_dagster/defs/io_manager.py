@@ -74,33 +74,33 @@ class RebuildingIOManager(dg.ConfigurableIOManager):
         return value
 
     def _compute(self, key: str, run_id: str) -> Any:
-        from ..steps.course_reports import fetch_course_enrolments, read_course_runs
-        from ..steps.latest_enrolment import select_latest_enrolments
-        from ..steps.membership_matching import plan_membership_lookups
+        # The functions the assets call (steps/asset_values.py), without their writes.
+        from ..steps import asset_values
 
         repository = self.teachcomputing_db.repository()
         client = self.partners_api.client
         if key == "course_runs":
-            known = repository.catalogue().activities["course_uuid"]
-            return read_course_runs(client, known, self.partners_api.ignored_courses).frame
+            return asset_values.course_runs(
+                client, repository, self.partners_api.ignored_courses
+            ).frame
         if key == "course_enrolments":
-            return fetch_course_enrolments(
-                client, self.rebuild("course_runs", run_id), repository.report_sizes()
+            return asset_values.course_enrolments(
+                client, repository, self.rebuild("course_runs", run_id)
             )
         if key == "organisation_memberships":
             # What tonight's run asked and remembered: every answer is in the memory.
-            plan = plan_membership_lookups(
-                self.rebuild("course_enrolments", run_id).enrolments,
-                repository.linked_memberships(),
-                repository.membership_lookups(),
+            return asset_values.organisation_memberships(
+                client,
+                repository,
+                self.rebuild("course_enrolments", run_id),
                 now=datetime.now(UTC),
                 refresh_days=None,
-            )
-            return plan.remembered.assign(source="memory")
+                dagster_run_id=run_id,
+                record=False,
+                ask_api=False,
+            ).memberships
         if key == "latest_enrolments":
-            return select_latest_enrolments(
-                self.rebuild("course_enrolments", run_id),
-                repository.linked_memberships(),
-                repository.catalogue().activities,
+            return asset_values.latest_enrolments(
+                repository, self.rebuild("course_enrolments", run_id)
             )
         raise KeyError(f"no way to rebuild asset {key!r}")

@@ -7,9 +7,9 @@ import pandas as pd
 
 from ..partners_api.resource import PartnersApiResource
 from ..privacy import mask_email
+from ..steps import asset_values
 from ..steps.course_reports import CourseEnrolments
 from ..steps.membership_linking import link_memberships_skipping_locked
-from ..steps.membership_lookup import look_up_memberships
 from ..steps.membership_matching import FORGOTTEN, match_memberships
 from ..steps.night_plan import NightPlan
 from ..teachcomputing.resource import TeachComputingDatabaseResource
@@ -35,7 +35,7 @@ def organisation_memberships(
     email."""
     client = partners_api.client_for(run_options)
     with request_tally(client) as requests:
-        result = look_up_memberships(
+        result = asset_values.organisation_memberships(
             client,
             teachcomputing_db.repository(),
             course_enrolments,

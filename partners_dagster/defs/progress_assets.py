@@ -6,8 +6,9 @@ import dagster as dg
 import pandas as pd
 
 from ..sidekiq.resource import SidekiqResource
+from ..steps import asset_values
 from ..steps.course_reports import CourseEnrolments
-from ..steps.latest_enrolment import LatestEnrolmentSet, select_latest_enrolments
+from ..steps.latest_enrolment import LatestEnrolmentSet
 from ..steps.night_plan import NightPlan
 from ..steps.progress_update import update_achievement_progress
 from ..teachcomputing.resource import TeachComputingDatabaseResource
@@ -31,8 +32,8 @@ def latest_enrolments(
     repository = teachcomputing_db.repository()
     scope = run_options.scope(repository)
     links = repository.linked_memberships()
-    result = select_latest_enrolments(
-        course_enrolments, links, repository.catalogue().activities, users=scope.users
+    result = asset_values.latest_enrolments(
+        repository, course_enrolments, links=links, users=scope.users
     )
     latest = result.latest
     return dg.MaterializeResult(

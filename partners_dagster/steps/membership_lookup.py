@@ -46,14 +46,16 @@ def look_up_memberships(
     *,
     dagster_run_id: str,
     now: datetime,
-    refresh_days: float,
+    refresh_days: float | None,
     record: bool = True,
+    ask_api: bool = True,
 ) -> MembershipLookups:
     """Ask the API about the memberships that are new or due, remember every answer (with how
     many enrolments and courses each carries tonight), and return those answers with the
     remembered ones. A due refresh that failed is matched on its last answer tonight, and
     stays due. An answer that names a forgotten user is stored without its email.
-    ``record`` False (a dry run): the API is asked, and nothing is remembered."""
+    ``record`` False (a dry run): the API is asked, and nothing is remembered. ``ask_api``
+    False: the remembered answers only (``refresh_days`` None: all of them)."""
     lookups = repository.membership_lookups()
     users = repository.users()
     plan = plan_membership_lookups(
@@ -63,14 +65,15 @@ def look_up_memberships(
         now=now,
         refresh_days=refresh_days,
     )
+    to_fetch = plan.to_fetch if ask_api else []
     counts = enrolment_counts(
-        course_enrolments.enrolments, [*plan.to_fetch, *plan.remembered["membership_uuid"]]
+        course_enrolments.enrolments, [*to_fetch, *plan.remembered["membership_uuid"]]
     ).set_index("membership_uuid", drop=False)
     # The API's answers are kept nowhere else (the response cache leaves memberships out):
     # each share is remembered as soon as it is in, so a run that dies keeps what it asked.
     parts = []
-    for start in range(0, len(plan.to_fetch), RECORD_EVERY):
-        share = plan.to_fetch[start : start + RECORD_EVERY]
+    for start in range(0, len(to_fetch), RECORD_EVERY):
+        share = to_fetch[start : start + RECORD_EVERY]
         part = erase_forgotten(fetch_memberships(client, share), users)
         if record:
             repository.record_lookups(part, dagster_run_id, counts.loc[share])
