@@ -139,35 +139,40 @@ def broken_job():
     _broken_step()
 
 
+def run_failure_context(
+    instance: dg.DagsterInstance,
+    result: dg.ExecuteInProcessResult,
+    sensor_name: str = "sentry_on_run_failure",
+) -> dg.RunFailureSensorContext:
+    """What a run-failure sensor named ``sensor_name`` is given for the failed run ``result``."""
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    return dg.build_run_status_sensor_context(
+        sensor_name=sensor_name,
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+    ).for_run_failure()
+
+
 @pytest.fixture
 def failed_run():
     with dg.instance_for_test() as instance:
         result = broken_job.execute_in_process(instance=instance, raise_on_error=False)
         assert not result.success
-        run = instance.get_run_by_id(result.run_id)
-        failure = next(
-            e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE
-        )
-        yield instance, run, failure
+        yield instance, result
 
 
 def test_the_sentry_run_failure_sensor_reports_a_failed_run(sentry_dsn, recorder, failed_run):
-    instance, run, failure = failed_run
-    context = dg.build_run_status_sensor_context(
-        sensor_name="sentry_on_run_failure",
-        dagster_event=failure,
-        dagster_instance=instance,
-        dagster_run=run,
-    ).for_run_failure()
-    alerts.sentry_on_run_failure(context)
+    instance, result = failed_run
+    alerts.sentry_on_run_failure(run_failure_context(instance, result))
     (event,) = _sentry_events(recorder, 1)
-    assert _message(event).startswith(f"Dagster run of broken_job failed ({run.run_id})")
+    assert _message(event).startswith(f"Dagster run of broken_job failed ({result.run_id})")
     assert "_broken_step: RuntimeError: the sandbox said no" in _message(event)
     assert event["tags"]["dagster.job"] == "broken_job"
 
 
 def test_dagster_slack_run_failure_sensor_posts_to_slack(recorder, failed_run, monkeypatch):
-    instance, run, failure = failed_run
+    instance, result = failed_run
     api = f"http://127.0.0.1:{recorder.server_address[1]}/api/"
 
     class LocalSlack(slack_sdk.WebClient):
@@ -180,10 +185,7 @@ def test_dagster_slack_run_failure_sensor_posts_to_slack(recorder, failed_run, m
         {"SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_CHANNEL": "#partners-alerts"}
     )
     sensor = next(s for s in defs["sensors"] if s.name == "slack_on_run_failure")
-    context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name, dagster_event=failure, dagster_instance=instance, dagster_run=run
-    ).for_run_failure()
-    sensor(context)
+    sensor(run_failure_context(instance, result, sensor.name))
     ((path, headers, body),) = recorder.received
     assert path == "/api/chat.postMessage"
     assert headers["Authorization"] == "Bearer xoxb-test-token"
@@ -280,14 +282,8 @@ def test_a_stopped_alert_sensor_names_its_variables_and_skips_saying_so(failed_r
     for name in ("slack_on_run_failure", "slack_on_degraded_progress_launch"):
         assert "SLACK_BOT_TOKEN and SLACK_CHANNEL" in sensors[name].description
         assert sensors[name].description.startswith("OFF until")
-    instance, run, failure = failed_run
-    context = dg.build_run_status_sensor_context(
-        sensor_name="sentry_on_run_failure",
-        dagster_event=failure,
-        dagster_instance=instance,
-        dagster_run=run,
-    ).for_run_failure()
-    skipped = sensors["sentry_on_run_failure"](context)
+    instance, result = failed_run
+    skipped = sensors["sentry_on_run_failure"](run_failure_context(instance, result))
     assert isinstance(skipped, dg.SkipReason) and "SENTRY_DSN" in skipped.skip_message
 
 

@@ -31,7 +31,13 @@ from partners_dagster.teachcomputing.resource import TeachComputingDatabaseResou
 from partners_dagster.teachcomputing.schema import create_teachcomputing_tables
 
 from .redis_server import free_port
-from .test_alerts import _message, _sentry_events, recorder, sentry_dsn  # noqa: F401
+from .test_alerts import (  # noqa: F401
+    _message,
+    _sentry_events,
+    recorder,
+    run_failure_context,
+    sentry_dsn,
+)
 
 DELIMITERS = "@:/%#? "
 # Characters that URL parsers end a user part at: a password holding one cannot be read.
@@ -251,17 +257,7 @@ def test_a_failed_night_shows_the_fl_partners_url_password_nowhere(
             assert not result.success
             records = instance.all_logs(result.run_id)
             event_log = "\n".join(serialize_value(record) for record in records)
-            run = instance.get_run_by_id(result.run_id)
-            failure = next(
-                e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE
-            )
-            context = dg.build_run_status_sensor_context(
-                sensor_name="sentry_on_run_failure",
-                dagster_event=failure,
-                dagster_instance=instance,
-                dagster_run=run,
-            ).for_run_failure()
-            alerts.sentry_on_run_failure(context)
+            alerts.sentry_on_run_failure(run_failure_context(instance, result))
     (event,) = _sentry_events(recorder, 1)
     assert "ApiUnavailableError" in event_log and "partners:***@127.0.0.1" in event_log
     assert "course_runs" in _message(event)
