@@ -25,6 +25,8 @@ import pytest
 
 from partners_dagster.sandbox import DEFAULT_CONSUMER_SECRET
 
+from .contract import ASSET_NAMES
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,15 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-]
-ASSETS = [
-    "course_runs",
-    "course_enrolments",
-    "organisation_memberships",
-    "membership_links",
-    "latest_enrolments",
-    "achievement_progress",
-    "follow_up_jobs",
 ]
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 LOCATION = "partners_dagster"
@@ -207,7 +200,7 @@ def visit(page, url: str, name: str, wait_for_text: str) -> str:
 
 def test_the_asset_graph_shows_all_seven_assets(ui, page):
     visit(page, f"{ui.url}/asset-groups/futurelearn_partners", "asset-graph", "follow_up_jobs")
-    for asset in ASSETS:
+    for asset in ASSET_NAMES:
         assert page.get_by_text(asset, exact=True).first.is_visible(), asset
 
 
@@ -262,7 +255,7 @@ def test_runs_launched_from_the_ui_wait_for_the_one_calling_the_api(ui):
     ui.wait_for(slow, {"STARTED"})
     # "Materialize" on an asset page, and "Materialize all": no job tag, the same pool.
     one = ui.launch("__ASSET_JOB", assets=["course_runs"])
-    everything = ui.launch("__ASSET_JOB", assets=ASSETS)
+    everything = ui.launch("__ASSET_JOB", assets=list(ASSET_NAMES))
     time.sleep(5)
     assert ui.status(slow) == "STARTED"
     assert (ui.status(one), ui.status(everything)) == ("QUEUED", "QUEUED")
@@ -304,7 +297,7 @@ def test_a_dry_run_launched_from_the_launchpad_shows_its_plan(ui, page):
 
 
 def test_the_asset_pages_show_no_email_or_secret(ui, page):
-    for asset in ASSETS:
+    for asset in ASSET_NAMES:
         visit(page, f"{ui.url}/assets/{asset}", f"asset-{asset}", asset)
     visit(page, f"{ui.url}/runs", "runs", "update_progress_job")
     assert len(VISITED) >= 10

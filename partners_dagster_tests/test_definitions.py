@@ -12,6 +12,8 @@ import pytest
 
 from partners_dagster.definitions import build_definitions
 
+from .contract import ASSET_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 defs = build_definitions()
 
@@ -131,15 +133,7 @@ def test_the_workspace_file_is_the_one_the_tools_write(tmp_path):
 def test_assets_and_their_group():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {
-        "course_runs",
-        "course_enrolments",
-        "organisation_memberships",
-        "membership_links",
-        "latest_enrolments",
-        "achievement_progress",
-        "follow_up_jobs",
-    }
+    assert keys == set(ASSET_NAMES)
     for key in graph.get_all_asset_keys():
         assert graph.get(key).group_name == "futurelearn_partners"
 

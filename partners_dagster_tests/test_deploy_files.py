@@ -319,6 +319,18 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
+def _compose_config(cli: list[str], compose: Path, env: str) -> subprocess.CompletedProcess:
+    """``compose config`` on the copy of the project in ``compose``, with ``env`` as its .env."""
+    (compose / ".env").write_text(env)
+    return subprocess.run(
+        [*cli, "-f", str(compose / "docker-compose.yaml"), "config"],
+        cwd=compose,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_docker_compose_config_accepts_the_project(tmp_path):
     cli = _compose_cli()
     if cli is None:
@@ -335,24 +347,12 @@ def test_docker_compose_config_accepts_the_project(tmp_path):
         "TEACHCOMPUTING_DATABASE_URL=\n",
         "TEACHCOMPUTING_DATABASE_URL=postgresql+psycopg2://tc:not-a-real-password@db/tc\n",
     )
-    (compose / ".env").write_text(env)
-    result = subprocess.run(
-        [*cli, "-f", str(compose / "docker-compose.yaml"), "config"],
-        cwd=compose,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _compose_config(cli, compose, env)
     assert result.returncode == 0, f"{' '.join(cli)} config rejected the file: {result.stderr}"
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved["services"]) >= {"code-server", "webserver", "daemon"}
-    (compose / ".env").write_text(env.replace("DAGSTER_PG_PASSWORD=not-a-real-password\n", ""))
-    missing = subprocess.run(
-        [*cli, "-f", str(compose / "docker-compose.yaml"), "config"],
-        cwd=compose,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    missing = _compose_config(
+        cli, compose, env.replace("DAGSTER_PG_PASSWORD=not-a-real-password\n", "")
     )
     assert missing.returncode != 0 and "DAGSTER_PG_PASSWORD" in missing.stderr
 

@@ -32,6 +32,15 @@ def test_shrinking_report_rule(remembered, now, shrank):
     assert report_shrank(remembered, now) is shrank
 
 
+def _plain_course(*runs: str) -> Scenario:
+    """A scenario with the known course ``plain`` and its ``runs``."""
+    s = Scenario()
+    s.course("plain")
+    for run in runs:
+        s.run(run, "plain")
+    return s
+
+
 def _state(night: Night, scenario: Scenario, user: str, course: str) -> tuple[int, str]:
     row = night.query(
         "SELECT progress, current_state FROM achievements_with_state "
@@ -44,10 +53,7 @@ def _state(night: Night, scenario: Scenario, user: str, course: str) -> tuple[in
 def test_a_shrinking_report_leaves_its_course_untouched_until_its_size_is_accepted(
     tmp_path, empty_database_url
 ):
-    s = Scenario()
-    s.course("plain")
-    s.run("plain-1", "plain")
-    s.run("plain-2", "plain")
+    s = _plain_course("plain-1", "plain-2")
     s.user("ida")
     s.membership("ida-m", s.id("user", "ida"))
     s.enrol("plain-1", "ida-m", "2027-01-05T10:00:00", 0.1, left="2027-01-20T10:00:00")
@@ -95,9 +101,7 @@ def test_a_shrinking_report_leaves_its_course_untouched_until_its_size_is_accept
 
 
 def test_a_forgotten_user_leaves_no_trace_in_our_tables(tmp_path, empty_database_url):
-    s = Scenario()
-    s.course("plain")
-    s.run("plain-1", "plain")
+    s = _plain_course("plain-1")
     ida = s.user("ida")
     s.membership("ida-m", "ida@school.example.org")
     s.enrol("plain-1", "ida-m", "2027-01-05T10:00:00", 0.4)
@@ -141,9 +145,7 @@ def test_a_forgotten_user_leaves_no_trace_in_our_tables(tmp_path, empty_database
 def test_a_membership_in_no_array_is_linked_again_even_with_an_old_link_row(
     tmp_path, empty_database_url
 ):
-    s = Scenario()
-    s.course("plain")
-    s.run("plain-1", "plain")
+    s = _plain_course("plain-1")
     kim = s.user("kim")
     s.membership("kim-m", "kim@school.example.org")
     s.enrol("plain-1", "kim-m", "2027-01-05T10:00:00", 0.4)
@@ -232,9 +234,7 @@ def test_step_2_does_not_report_unknown_courses(night, tiny_dataset):
 
 
 def test_sqlite_users_array_defaults_to_an_empty_json_array_and_a_link_is_never_lost(tmp_path):
-    s = Scenario()
-    s.course("plain")
-    s.run("plain-1", "plain")
+    s = _plain_course("plain-1")
     s.membership("max-m", "max@school.example.org")
     s.enrol("plain-1", "max-m", "2027-01-05T10:00:00", 0.4)
     s.membership("ned-m", "ned@school.example.org")

@@ -43,6 +43,18 @@ def _failure_of(result: dg.ExecuteInProcessResult):
     return event.step_key, data.user_failure_data
 
 
+def _one_line_failure_with(night: Night, job: str, **resources) -> tuple[str, dg.Failure]:
+    """The failed step and its failure when ``job`` runs with ``resources`` replaced; the
+    failure reads in one line."""
+    defs = build_definitions({**night.resources, **resources})
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=night.instance, raise_on_error=False
+    )
+    step, failure = _failure_of(result)
+    assert "\n" not in failure.description
+    return step, failure
+
+
 def _warnings(night: Night, run_id: str) -> list[str]:
     return [
         entry.user_message
@@ -82,15 +94,10 @@ def test_an_unreachable_api_ends_the_step_in_one_line_and_logs_each_retry(night_
 
 def test_an_unreachable_database_ends_the_step_in_one_line_without_its_password(night):
     url = f"postgresql+psycopg2://tc:hunter2secret@127.0.0.1:{_closed_port()}/teachcomputing"
-    defs = build_definitions(
-        {**night.resources, "teachcomputing_db": TeachComputingDatabaseResource(database_url=url)}
+    step, failure = _one_line_failure_with(
+        night, MEMBERSHIPS, teachcomputing_db=TeachComputingDatabaseResource(database_url=url)
     )
-    result = defs.resolve_job_def(MEMBERSHIPS).execute_in_process(
-        instance=night.instance, raise_on_error=False
-    )
-    step, failure = _failure_of(result)
     assert step == "course_runs"
-    assert "\n" not in failure.description
     assert failure.description.startswith("Teach Computing database unreachable.")
     assert "TEACHCOMPUTING_DATABASE_URL" in failure.description
     assert "db check" in failure.description
@@ -101,18 +108,12 @@ def test_an_unreachable_database_ends_the_step_in_one_line_without_its_password(
 def test_an_unreachable_sidekiq_redis_ends_the_step_in_one_line(night):
     assert night.run(MEMBERSHIPS).success
     redis_url = f"redis://:s3cretpass@127.0.0.1:{_closed_port()}/0"
-    defs = build_definitions(
-        {
-            **night.resources,
-            "sidekiq": SidekiqResource(redis_url=redis_url, globalid_app="teach-computing"),
-        }
+    step, failure = _one_line_failure_with(
+        night,
+        PROGRESS,
+        sidekiq=SidekiqResource(redis_url=redis_url, globalid_app="teach-computing"),
     )
-    result = defs.resolve_job_def(PROGRESS).execute_in_process(
-        instance=night.instance, raise_on_error=False
-    )
-    step, failure = _failure_of(result)
     assert step == "follow_up_jobs"
-    assert "\n" not in failure.description
     assert failure.description.startswith("Sidekiq's Redis unreachable.")
     assert "TEACHCOMPUTING_SIDEKIQ_REDIS_URL" in failure.description
     assert "s3cretpass" not in failure.description

@@ -51,6 +51,13 @@ def _jobs(night: Night) -> pd.DataFrame:
     )
 
 
+def _member_by_id(scenario, name: str) -> str:
+    """The user ``name``, with the membership ``name-m`` naming them by their id."""
+    user_id = scenario.user(name)
+    scenario.membership(f"{name}-m", user_id)
+    return user_id
+
+
 @pytest.fixture
 def run_nights(scenario, tmp_path):
     nights = []
@@ -70,8 +77,7 @@ def run_nights(scenario, tmp_path):
 
 
 def test_a_user_on_two_runs_gets_the_later_runs_progress(scenario, run_nights):
-    u = scenario.user("ann")
-    scenario.membership("ann-m", u)
+    _member_by_id(scenario, "ann")
     scenario.enrol("python-1", "ann-m", "2027-01-05T10:00:00", 0.9)
     scenario.enrol("python-2", "ann-m", "2027-03-01T10:00:00", 0.29)
     night = run_nights()
@@ -99,8 +105,7 @@ def test_two_memberships_take_the_later_enrolment_across_both_and_update_once(sc
 
 
 def test_exact_progress_and_a_complete_achievement_is_never_touched(scenario, run_nights):
-    u = scenario.user("cal")
-    scenario.membership("cal-m", u)
+    _member_by_id(scenario, "cal")
     scenario.enrol("plain-1", "cal-m", "2027-01-05T10:00:00", 0.6)
     night = run_nights()
     achievement = _achievement(night, scenario, "cal", "plain")
@@ -161,8 +166,7 @@ def test_a_certificate_completion_queues_one_pending_transition_job(
 
 
 def test_a_cs_accelerator_completion_queues_one_assessment_eligibility_job(scenario, run_nights):
-    u = scenario.user("eve")
-    scenario.membership("eve-m", u)
+    u = _member_by_id(scenario, "eve")
     scenario.enrol("networks-1", "eve-m", "2027-01-05T10:00:00", 0.75)
     night = run_nights()
     jobs = _jobs(night)
@@ -177,8 +181,7 @@ def test_a_cs_accelerator_completion_queues_one_assessment_eligibility_job(scena
 
 
 def test_deactivated_below_60_drops_and_a_new_run_brings_the_learner_back(scenario, run_nights):
-    u = scenario.user("fay")
-    scenario.membership("fay-m", u)
+    _member_by_id(scenario, "fay")
     scenario.enrol("plain-1", "fay-m", "2027-01-05T10:00:00", 0.59, left="2027-02-01T08:00:00")
     night = run_nights()
     achievement = _achievement(night, scenario, "fay", "plain")
@@ -199,8 +202,7 @@ def test_deactivated_below_60_drops_and_a_new_run_brings_the_learner_back(scenar
 
 
 def test_deactivated_at_60_completes(scenario, run_nights):
-    u = scenario.user("gus")
-    scenario.membership("gus-m", u)
+    _member_by_id(scenario, "gus")
     scenario.enrol("plain-1", "gus-m", "2027-01-05T10:00:00", 0.6, left="2027-02-01T08:00:00")
     night = run_nights()
     assert _achievement(night, scenario, "gus", "plain")["current_state"] == "complete"
@@ -209,8 +211,7 @@ def test_deactivated_at_60_completes(scenario, run_nights):
 def test_a_course_with_an_unreadable_run_is_left_untouched(scenario, run_nights):
     from partners_dagster.sandbox import Faults
 
-    u = scenario.user("hal")
-    scenario.membership("hal-m", u)
+    _member_by_id(scenario, "hal")
     scenario.enrol("python-1", "hal-m", "2027-01-05T10:00:00", 0.2)
     scenario.enrol("plain-1", "hal-m", "2027-01-05T10:00:00", 0.2)
     night = run_nights()

@@ -406,6 +406,20 @@ def test_redis_stopped_during_delivery_then_the_next_run_delivers_the_rest(tmp_p
         server.stop()
 
 
+def _deliver_in_a_child_killed_at(store, redis_server, killed_row: int, *batch: str) -> None:
+    """Delivers ``store``'s outbox in a child process that kills itself (SIGKILL) at the row
+    ``killed_row`` (``_kill_after_push``; ``batch``: its batch size and kill point)."""
+    child = subprocess.run(
+        [sys.executable, "-m", __name__, "kill-after-push", str(store.path), redis_server.url,
+         str(killed_row), *batch],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert child.returncode == -9, child.stderr[-2000:]
+
+
 @needs_redis
 def test_a_process_killed_between_push_and_marking_pushes_nothing_twice(
     store, redis_server, client
@@ -414,16 +428,7 @@ def test_a_process_killed_between_push_and_marking_pushes_nothing_twice(
     ids = fill_outbox(store, now)
     killed_row = ids[3]
 
-    child = subprocess.run(
-        [sys.executable, "-m", __name__, "kill-after-push", str(store.path), redis_server.url,
-         str(killed_row)],
-        cwd=Path(__file__).parents[1],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
-
-    assert child.returncode == -9, child.stderr[-2000:]
+    _deliver_in_a_child_killed_at(store, redis_server, killed_row)
     rows = {row["id"]: row for row in store.rows()}
     assert [bool(rows[i]["dispatched_at"]) for i in ids] == [
         True,
@@ -507,16 +512,7 @@ def test_a_process_killed_inside_a_batch_loses_and_doubles_nothing(
     ids = many_rows(store, 2_500, now_utc())
     killed_row = ids[1_234]
 
-    child = subprocess.run(
-        [sys.executable, "-m", __name__, "kill-after-push", str(store.path), redis_server.url,
-         str(killed_row), "500", point],
-        cwd=Path(__file__).parents[1],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
-
-    assert child.returncode == -9, child.stderr[-2000:]
+    _deliver_in_a_child_killed_at(store, redis_server, killed_row, "500", point)
     rows = store.rows()
     assert [bool(row["dispatched_at"]) for row in rows] == [True] * 1_000 + [False] * 1_500
     assert all(row["jid"] for row in rows[:1_500])  # recorded before any push of the batch

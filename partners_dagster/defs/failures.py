@@ -12,11 +12,12 @@ library that was never imported cannot have been raised.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -166,34 +167,35 @@ def operator_failure(error: BaseException) -> dg.Failure | None:
     return None
 
 
+@contextlib.contextmanager
+def _outages_in_one_line() -> Iterator[None]:
+    """Turns an outage raised inside the block into its one-line ``Failure``; a ``Failure``
+    and any other error pass through unchanged."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as error:
+        failure = operator_failure(error)
+        if failure is None:
+            raise
+        raise failure from None
+
+
 def fails_in_one_line(fn: F) -> F:
     """Wraps an asset's function: an outage ends the step with a one-line ``Failure``."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def generator(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _outages_in_one_line():
                 yield from fn(*args, **kwargs)
-            except dg.Failure:
-                raise
-            except Exception as error:
-                failure = operator_failure(error)
-                if failure is None:
-                    raise
-                raise failure from None
 
         return generator  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _outages_in_one_line():
             return fn(*args, **kwargs)
-        except dg.Failure:
-            raise
-        except Exception as error:
-            failure = operator_failure(error)
-            if failure is None:
-                raise
-            raise failure from None
 
     return wrapper  # type: ignore[return-value]

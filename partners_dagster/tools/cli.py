@@ -57,14 +57,7 @@ def sandbox(
     """Serve a local Partners API sandbox with generated data."""
     import time
 
-    from ..sandbox import (
-        DEFAULT_CONSUMER_KEY,
-        DEFAULT_CONSUMER_SECRET,
-        Faults,
-        SandboxApi,
-        SandboxServer,
-        generate,
-    )
+    from .. import sandbox as sandbox_api
     from ..sandbox.server import loopback_family
 
     try:  # the server's own check, before the dataset is generated
@@ -72,26 +65,26 @@ def sandbox(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--host") from None
     started = time.perf_counter()
-    dataset = generate(scale, seed)
+    dataset = sandbox_api.generate(scale, seed)
     click.echo(
         f"generated {scale} dataset (seed {seed}) in {time.perf_counter() - started:.2f}s: "
         f"{len(dataset.runs)} runs, {len(dataset.enrolments)} enrolments, {len(dataset.memberships)} memberships"
     )
-    faults = Faults(
+    faults = sandbox_api.Faults(
         latency_ms=latency_ms,
         error_rate=error_rate,
         rate_limit_rate=rate_limit_rate,
         drop_rate=drop_rate,
         token_reject_rate=token_reject_rate,
     )
-    api = SandboxApi(
+    api = sandbox_api.SandboxApi(
         dataset,
-        consumer_key=consumer_key or DEFAULT_CONSUMER_KEY,
-        consumer_secret=consumer_secret or DEFAULT_CONSUMER_SECRET,
+        consumer_key=consumer_key or sandbox_api.DEFAULT_CONSUMER_KEY,
+        consumer_secret=consumer_secret or sandbox_api.DEFAULT_CONSUMER_SECRET,
         faults=faults,
         control_token=control_token,
     )
-    server = SandboxServer(api, host, port).start()
+    server = sandbox_api.SandboxServer(api, host, port).start()
     if not control_token:
         click.echo(f"PARTNERS_SANDBOX_CONTROL_TOKEN={server.control_token}")
     click.echo(f"FL_PARTNERS_URL={server.url}")
