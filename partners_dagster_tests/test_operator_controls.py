@@ -7,6 +7,7 @@ the database itself (before and after), not from the plan's own code.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -285,20 +286,25 @@ def test_a_dry_run_of_either_job_writes_nothing_anywhere(edge_night, tmp_path):
     assert materialization_metadata(result, "follow_up_jobs")["delivered"] == 0
 
 
-def test_a_dry_run_of_step_2_lists_what_the_real_step_2_then_does(night):
+def test_a_dry_run_of_step_2_lists_what_the_real_step_2_then_does(tiny_dataset, tmp_path):
     """The Dagster dry run (not the preview) on a steady night, on the tiny sandbox."""
-    night.both_steps()
-    # The API moves on: a quarter of the enrolments gain progress.
-    enrolments = night.dataset.enrolments
-    moved = enrolments.index[::4]
-    enrolments.loc[moved, "steps_completed_ratio"] = 1.0
-    night.dataset.reindex()
-    night.resources["partners_api"].client.clear_cache()
-    dry = run(night, "update_progress_job", dry_run_config())
-    planned = materialization_metadata(dry, "achievement_progress")
-    before = snapshot(night)
-    night.run("update_progress_job")
-    made = Counter(line[0] for line in changes_between(before, snapshot(night)).elements())
+    # A copy: the API moving on must not reach the session's dataset other tests serve.
+    night = Night(copy.deepcopy(tiny_dataset), tmp_path)
+    try:
+        night.both_steps()
+        # The API moves on: a quarter of the enrolments gain progress.
+        enrolments = night.dataset.enrolments
+        moved = enrolments.index[::4]
+        enrolments.loc[moved, "steps_completed_ratio"] = 1.0
+        night.dataset.reindex()
+        night.resources["partners_api"].client.clear_cache()
+        dry = run(night, "update_progress_job", dry_run_config())
+        planned = materialization_metadata(dry, "achievement_progress")
+        before = snapshot(night)
+        night.run("update_progress_job")
+        made = Counter(line[0] for line in changes_between(before, snapshot(night)).elements())
+    finally:
+        night.close()
     assert made["progress"] > 0
     for kind in ("achievement", "progress", "transition", "job"):
         assert planned[f"plan_{kind}"] == made[kind], kind

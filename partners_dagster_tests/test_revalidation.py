@@ -25,9 +25,41 @@ from partners_dagster.partners_api.records import (
     parse_enrolment_report,
 )
 from partners_dagster.partners_api.tokens import TokenSource
-from partners_dagster.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
+from partners_dagster.sandbox import (
+    DEFAULT_CONSUMER_KEY,
+    DEFAULT_CONSUMER_SECRET,
+    Faults,
+    SandboxApi,
+    SandboxServer,
+    generate,
+)
 
 from .redis_server import REDIS_SERVER, REDIS_SERVER_MISSING, RedisServer
+
+
+# A sandbox and dataset of this module's own: these tests count every request and parse,
+# and nothing another test file did to the session's shared sandbox may reach them.
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    return generate("tiny", seed=7)
+
+
+@pytest.fixture(scope="module")
+def own_server(tiny_dataset):
+    with SandboxServer(SandboxApi(tiny_dataset)) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(own_server):
+    """This module's sandbox with no faults and zeroed counts, for one test (``make_client``
+    talks to it)."""
+    own_server.api.faults = Faults()
+    own_server.api.requests.clear()
+    own_server.api.responses.clear()
+    yield own_server
+    own_server.api.faults = Faults()
+
 
 EXPIRY = 1  # seconds: a "night" passes in a test
 REDIS_EXPIRY = 3  # a round trip to Redis per report: two clients read within it
