@@ -403,8 +403,9 @@ def test_a_scoped_run_changes_only_its_users_rows_as_a_full_night_would(tmp_path
         assert not scoped_state["achievements"].empty
         assert set(scoped_state["links"]["user_id"]) == {ann, eve}
     finally:
-        full.close()
+        # The reverse of their making: each Night's test instance restores what it replaced.
         scoped.close()
+        full.close()
 
 
 def test_a_courses_scope_reads_only_those_courses_runs(edge_night):
