@@ -152,7 +152,9 @@ wait_healthy() { # SERVICE... within 240 s
 # --- 3. the image -----------------------------------------------------------------------------
 step "podman build --pull=never -f $DOCKERFILE"
 build_started=$(date +%s)
-podman build --pull=never --quiet -f "$DOCKERFILE" -t "$IMAGE" . >/dev/null
+# The build's own network is the host's: pip inside it reaches the package registries as the
+# host does (a build container on netavark's bridge found no resolver in this sandbox).
+podman build --pull=never --network host --quiet -f "$DOCKERFILE" -t "$IMAGE" . >/dev/null
 echo "built $IMAGE in $(($(date +%s) - build_started)) s, $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }')"
 
 step "the image"
