@@ -433,6 +433,9 @@ class TeachComputingRepository:
             )
             if stored.get(run) != int(size)
         ]
+        # One order for every writer: two nights upserting the same runs in the order their
+        # reports arrived could deadlock on PostgreSQL.
+        rows.sort(key=lambda row: row["run_uuid"])
         table = ReportSize.__table__
         with self.engine.begin() as connection:
             for chunk in batches(rows):
