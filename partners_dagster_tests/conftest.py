@@ -47,15 +47,21 @@ def sandbox_server(tiny_dataset):
         yield server
 
 
-@pytest.fixture
-def sandbox(sandbox_server):
-    """The tiny sandbox with no faults and zeroed request counts, for one test."""
-    api = sandbox_server.api
+def cleared(server):
+    """``server`` with no faults and zeroed request counts for one test, its faults cleared
+    again after it (the body of every ``sandbox`` fixture)."""
+    api = server.api
     api.faults = Faults()
     api.requests.clear()
     api.responses.clear()
-    yield sandbox_server
+    yield server
     api.faults = Faults()
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    """The tiny sandbox with no faults and zeroed request counts, for one test."""
+    yield from cleared(sandbox_server)
 
 
 @pytest.fixture

@@ -28,12 +28,12 @@ from partners_dagster.partners_api.tokens import TokenSource
 from partners_dagster.sandbox import (
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,
-    Faults,
     SandboxApi,
     SandboxServer,
     generate,
 )
 
+from .conftest import cleared
 from .redis_server import REDIS_SERVER, REDIS_SERVER_MISSING, RedisServer
 
 
@@ -52,13 +52,8 @@ def own_server(tiny_dataset):
 
 @pytest.fixture
 def sandbox(own_server):
-    """This module's sandbox with no faults and zeroed counts, for one test (``make_client``
-    talks to it)."""
-    own_server.api.faults = Faults()
-    own_server.api.requests.clear()
-    own_server.api.responses.clear()
-    yield own_server
-    own_server.api.faults = Faults()
+    """This module's sandbox, cleared for one test (``make_client`` talks to it)."""
+    yield from cleared(own_server)
 
 
 EXPIRY = 1  # seconds: a "night" passes in a test
