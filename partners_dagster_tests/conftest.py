@@ -20,6 +20,49 @@ from partners_dagster.sandbox import (
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "partners_api"
 
 
+# Where the tests' temporary files go when TMPDIR does not say: a RAM-backed folder. Dagster's
+# SQLite event log and the tests' SQLite databases commit (and fsync) on every event and
+# every write; on tmpfs that costs nothing, and the suite takes about half the time.
+RAM_FOLDER = Path("/dev/shm")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    import os
+    import tempfile
+
+    if "TMPDIR" in os.environ or not (RAM_FOLDER.is_dir() and os.access(RAM_FOLDER, os.W_OK)):
+        return
+    folder = RAM_FOLDER / f"partners-dagster-tests-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    # Subprocesses (xdist workers, `dagster job execute`, the UI) inherit it too.
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None
+
+
+# The files that take longest, longest first. pytest-xdist hands whole files to the workers
+# (--dist loadfile) in collection order, so starting these first keeps one worker from
+# ending the run alone on a long file. Order only: any file may run anywhere.
+LONGEST_FILES = (
+    "test_deployment.py",
+    "test_reliability.py",
+    "test_browser.py",
+    "test_bench.py",
+    "test_operator_controls.py",
+    "test_membership_memory.py",
+    "test_lifecycle_rules.py",
+    "test_shared_cache.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: the order inside a file, and of the others, stays
+
+
 def pytest_sessionstart(session):
     """In CI, the real systems the tests talk to must be there: a skip would hide them."""
     import os

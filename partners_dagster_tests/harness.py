@@ -96,7 +96,15 @@ class Night:
         }
         self.defs = build_definitions(self.resources)
         self._dagster_home = tempfile.TemporaryDirectory(dir=workdir)
-        self._instance_cm = dg.instance_for_test(temp_dir=self._dagster_home.name)
+        self._instance_cm = dg.instance_for_test(
+            temp_dir=self._dagster_home.name,
+            overrides={
+                "event_log_storage": {
+                    "module": "dagster._core.storage.event_log",
+                    "class": "InMemoryEventLogStorage",
+                }
+            },
+        )
         self.instance = self._instance_cm.__enter__()
 
     @property

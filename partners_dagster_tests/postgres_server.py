@@ -141,7 +141,11 @@ class ThrowawayPostgres:
                 dbname=self.dbname,
                 user="postgres",
                 timeout=START_TIMEOUT_SECONDS,
-                postgres_options="-c listen_addresses=127.0.0.1",
+                # A throwaway cluster needs no durability: no fsync, no waiting on commits.
+                postgres_options=(
+                    "-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+                    "-c full_page_writes=off"
+                ),
             )
             try:
                 self._executor.init_directory()
@@ -334,6 +338,8 @@ def fresh_database(server_url: str, name: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            # A test database needs no durability: its commits need not wait for the disk.
+            connection.exec_driver_sql(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         try:
             yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
         finally:
