@@ -8,7 +8,7 @@ unit of work, and idempotent writes: a unit run twice changes nothing the second
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +40,8 @@ from .types import canonical_uuid_text
 
 # Rows per INSERT/UPDATE batch: well under SQLite's bound-parameter limit.
 BATCH = 2_000
+# Courses per read of their achievements: small statements, each well under the timeout.
+COURSES_PER_READ = 200
 ENROLLED = "enrolled"
 # One course's achievements as CourseWriter reads them: the state is the most recent
 # transition's (enrolled without one), last_sort_key the highest sort_key (0 without one).
@@ -453,6 +455,26 @@ class TeachComputingRepository:
 
     # -- step 2: achievements --------------------------------------------------------------
 
+    def achievements_of_courses(self, activity_ids: Sequence[str]) -> pd.DataFrame:
+        """activity_id and ACHIEVEMENT_COLUMNS of every achievement of these courses, in one
+        read that locks nothing: what the set-based progress pass plans from before it opens
+        a transaction for the courses that have something to write."""
+        frames = []
+        with read_only(self.engine) as connection:
+            for chunk in batches(sorted(set(activity_ids)), COURSES_PER_READ):
+                statement = _achievements_statement(
+                    Achievement.activity_id.in_(chunk), with_activity=True
+                )
+                frames.append(connection.execute(statement).all())
+        return pd.DataFrame(
+            [row for rows in frames for row in rows], columns=["activity_id", *ACHIEVEMENT_COLUMNS]
+        )
+
+    def new_dedup_keys(self, keys: Sequence[str]) -> set[str]:
+        """The keys among ``keys`` that no outbox row holds yet (read only)."""
+        with read_only(self.engine) as connection:
+            return _new_dedup_keys(connection, list(keys))
+
     @contextmanager
     def course_transaction(
         self, activity_id: str, *, dry_run: bool = False
@@ -696,33 +718,22 @@ class CourseWriter:
             created += self.connection.scalars(statement.returning(table.c.id), list(chunk)).all()
         return _created_frame(created, by_id)
 
-    def achievements(self) -> pd.DataFrame:
+    def achievements(self, user_ids: Collection[str] | None = None) -> pd.DataFrame:
         """id, user_id, progress, programme_id, state, last_sort_key of the course's
-        achievements, locked for this transaction on PostgreSQL."""
-        a, t = Achievement, AchievementTransition
-        earlier = aliased(AchievementTransition)
-        last_sort_key = (
-            select(func.max(earlier.sort_key))
-            .where(earlier.achievement_id == a.id)
-            .correlate(a)
-            .scalar_subquery()
-        )
-        statement = (
-            select(
-                a.id,
-                a.user_id,
-                a.progress,
-                a.programme_id,
-                func.coalesce(t.to_state, ENROLLED),
-                func.coalesce(last_sort_key, 0),
-            )
-            .outerjoin(t, and_(t.achievement_id == a.id, t.most_recent.is_(True)))
-            .where(a.activity_id == self.activity_id)
-        )
-        if self.connection.dialect.name == "postgresql" and not self.dry_run:
-            # SQLite holds the write lock already; PostgreSQL locks the achievements.
-            statement = statement.with_for_update(of=a)
-        return pd.DataFrame(self.connection.execute(statement).all(), columns=ACHIEVEMENT_COLUMNS)
+        achievements (``user_ids``: only those users'), locked for this transaction on
+        PostgreSQL."""
+        users = None if user_ids is None else sorted(set(user_ids))
+        rows: list[Any] = []
+        for chunk in [None] if users is None else batches(users):
+            where = Achievement.activity_id == self.activity_id
+            if chunk is not None:
+                where = and_(where, Achievement.user_id.in_(chunk))
+            statement = _achievements_statement(where)
+            if self.connection.dialect.name == "postgresql" and not self.dry_run:
+                # SQLite holds the write lock already; PostgreSQL locks the achievements.
+                statement = statement.with_for_update(of=Achievement)
+            rows += self.connection.execute(statement).all()
+        return pd.DataFrame(rows, columns=ACHIEVEMENT_COLUMNS)
 
     def write(
         self,
@@ -777,15 +788,50 @@ class CourseWriter:
         return new_jobs
 
     def _new_dedup_keys(self, keys: list[str]) -> set[str]:
-        table = OutboxJob.__table__
-        held: set[str] = set()
-        for chunk in batches(keys):
-            held.update(
-                self.connection.scalars(
-                    select(table.c.dedup_key).where(table.c.dedup_key.in_(chunk))
-                )
-            )
-        return set(keys) - held
+        return _new_dedup_keys(self.connection, keys)
+
+
+def _achievements_statement(where, *, with_activity: bool = False):
+    """Achievements as ACHIEVEMENT_COLUMNS (activity_id first with ``with_activity``): the
+    state is the most recent transition's (enrolled without one), last_sort_key the highest
+    sort_key (0 without one)."""
+    a, t = Achievement, AchievementTransition
+    earlier = aliased(AchievementTransition)
+    last_sort_key = (
+        select(func.max(earlier.sort_key))
+        .where(earlier.achievement_id == a.id)
+        .correlate(a)
+        .scalar_subquery()
+    )
+    columns = [
+        a.id,
+        a.user_id,
+        a.progress,
+        a.programme_id,
+        func.coalesce(t.to_state, ENROLLED),
+        func.coalesce(last_sort_key, 0),
+    ]
+    return (
+        select(*([a.activity_id] if with_activity else []), *columns)
+        .outerjoin(t, and_(t.achievement_id == a.id, t.most_recent.is_(True)))
+        .where(where)
+    )
+
+
+def _new_dedup_keys(connection: Connection, keys: list[str]) -> set[str]:
+    table = OutboxJob.__table__
+    held: set[str] = set()
+    for chunk in batches(keys):
+        held.update(
+            connection.scalars(select(table.c.dedup_key).where(table.c.dedup_key.in_(chunk)))
+        )
+    return set(keys) - held
+
+
+def planned_achievements(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Achievements (id, user_id, programme_id) a dry run would create, as
+    ``CourseWriter.achievements()`` would read them once created."""
+    return _created_frame([row["id"] for row in rows], {row["id"]: row for row in rows})
 
 
 def _created_frame(created: Sequence[str], by_id: dict[str, dict[str, Any]]) -> pd.DataFrame:
