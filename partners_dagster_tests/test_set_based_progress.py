@@ -313,12 +313,12 @@ class WebsiteMeanwhile(TeachComputingRepository):
         return super().achievements_of_courses(activity_ids)
 
     @contextmanager
-    def course_transaction(self, activity_id, *, dry_run=False):
+    def course_transaction(self, activity_id):
         if "website" not in self.order:
             self.website()
             self.order.append("website")
         self.order.append(activity_id)
-        with super().course_transaction(activity_id, dry_run=dry_run) as course:
+        with super().course_transaction(activity_id) as course:
             yield course
 
 

@@ -236,7 +236,7 @@ def _apply_course(
     counts: Counter = Counter()
     users = set(pending["user_id"])
     with repository.course_transaction(facts.activity_id) as course:
-        # The whole course in one statement when most of it is pending (a first night).
+        # More users than one IN list holds (a first night, say): the whole course at once.
         stored = course.achievements(None if len(users) > BATCH else users)
         stored = stored[stored["user_id"].isin(users)]
         missing = users - set(stored["user_id"])

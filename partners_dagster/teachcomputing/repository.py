@@ -476,17 +476,10 @@ class TeachComputingRepository:
             return _new_dedup_keys(connection, list(keys))
 
     @contextmanager
-    def course_transaction(
-        self, activity_id: str, *, dry_run: bool = False
-    ) -> Iterator[CourseWriter]:
+    def course_transaction(self, activity_id: str) -> Iterator[CourseWriter]:
         """One course's achievements in one transaction (locked on PostgreSQL, under SQLite's
-        write lock there): read what is stored *now*, then write the plan made from it.
-        ``dry_run``: a read-only transaction that locks nothing and writes nothing; the
-        writer says what it would have written."""
-        if dry_run:
-            with read_only(self.engine) as connection:
-                yield CourseWriter(connection, activity_id, dry_run=True)
-            return
+        write lock there): read what is stored *now*, then write the plan made from it. A dry
+        run opens none: it plans from ``achievements_of_courses``."""
         with self.engine.begin() as connection:
             yield CourseWriter(connection, activity_id)
 
@@ -684,10 +677,9 @@ class TeachComputingRepository:
 class CourseWriter:
     """The reads and writes of one course's transaction (see ``course_transaction``)."""
 
-    def __init__(self, connection: Connection, activity_id: str, *, dry_run: bool = False):
+    def __init__(self, connection: Connection, activity_id: str):
         self.connection = connection
         self.activity_id = activity_id
-        self.dry_run = dry_run
 
     def create_achievements(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Insert achievements (id, user_id, programme_id) at progress 0 with no transition
@@ -696,8 +688,6 @@ class CourseWriter:
         if not rows:
             return pd.DataFrame(columns=ACHIEVEMENT_COLUMNS)
         by_id = {row["id"]: row for row in rows}
-        if self.dry_run:  # as if every one went in: the dry run read them all as missing
-            return _created_frame([row["id"] for row in rows], by_id)
         now = utcnow()
         table = Achievement.__table__
         values = [
@@ -729,7 +719,7 @@ class CourseWriter:
             if chunk is not None:
                 where = and_(where, Achievement.user_id.in_(chunk))
             statement = _achievements_statement(where)
-            if self.connection.dialect.name == "postgresql" and not self.dry_run:
+            if self.connection.dialect.name == "postgresql":
                 # SQLite holds the write lock already; PostgreSQL locks the achievements.
                 statement = statement.with_for_update(of=Achievement)
             rows += self.connection.execute(statement).all()
@@ -743,10 +733,7 @@ class CourseWriter:
     ) -> set[str]:
         """Progress and ``updated_at`` of changed achievements; each move as statesman writes
         it (the previous most recent one flipped, the new one most recent); and the follow-up
-        jobs, each once by its key. Returns the keys of the jobs that were new. A dry run
-        writes nothing and returns the keys the outbox does not hold yet."""
-        if self.dry_run:
-            return self._new_dedup_keys([job["dedup_key"] for job in jobs])
+        jobs, each once by its key. Returns the keys of the jobs that were new."""
         achievements = Achievement.__table__
         transitions_table = AchievementTransition.__table__
         if updates:
@@ -786,9 +773,6 @@ class CourseWriter:
                     self.connection.scalars(statement.returning(table.c.dedup_key), list(chunk))
                 )
         return new_jobs
-
-    def _new_dedup_keys(self, keys: list[str]) -> set[str]:
-        return _new_dedup_keys(self.connection, keys)
 
 
 def _achievements_statement(where, *, with_activity: bool = False):
