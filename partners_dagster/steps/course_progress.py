@@ -184,21 +184,20 @@ def sweep_courses(latest: pd.DataFrame, stored: pd.DataFrame) -> SweepPlan:
 
 def _with_outcomes(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with each one's ``next_achievement`` outcome: the rule runs once for each
-    distinct (progress, state, new progress, deactivated), not once a row."""
-    keys = pd.DataFrame(
-        {
-            "progress": rows["progress"].astype("int64"),
-            "state": rows["state"].astype(str),
-            "progress_new": rows["progress_new"].astype("int64"),
-            "deactivated": rows["deactivated_at"].notna(),
-        },
-        index=rows.index,
+    distinct (progress, state, new progress, deactivated), not once a row. Plain lists, not
+    a frame of keys: this runs once per course written, on a few rows, as well as once on
+    every row of the night."""
+    keys = list(
+        zip(
+            rows["progress"].astype("int64").tolist(),
+            rows["state"].astype(str).tolist(),
+            rows["progress_new"].astype("int64").tolist(),
+            rows["deactivated_at"].notna().tolist(),
+            strict=True,
+        )
     )
-    outcomes = {
-        key: next_achievement(*key)
-        for key in keys.drop_duplicates().itertuples(index=False, name=None)
-    }
-    found = [outcomes[key] for key in keys.itertuples(index=False, name=None)]
+    outcomes = {key: next_achievement(*key) for key in dict.fromkeys(keys)}
+    found = [outcomes[key] for key in keys]
     return rows.assign(
         outcome=found,
         outcome_progress=[outcome.progress for outcome in found],

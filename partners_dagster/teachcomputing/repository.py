@@ -8,6 +8,7 @@ unit of work, and idempotent writes: a unit run twice changes nothing the second
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
@@ -40,6 +54,8 @@ from .types import canonical_uuid_text
 
 # Rows per INSERT/UPDATE batch: well under SQLite's bound-parameter limit.
 BATCH = 2_000
+# A UUID as UUIDText stores and reads it (types.py): lowercase, with dashes.
+CANONICAL_UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Courses per read of their achievements: small statements, each well under the timeout.
 COURSES_PER_READ = 200
 ENROLLED = "enrolled"
@@ -459,16 +475,19 @@ class TeachComputingRepository:
         """activity_id and ACHIEVEMENT_COLUMNS of every achievement of these courses, in one
         read that locks nothing: what the set-based progress pass plans from before it opens
         a transaction for the courses that have something to write."""
-        frames = []
+        rows: list[Any] = []
         with read_only(self.engine) as connection:
             for chunk in batches(sorted(set(activity_ids)), COURSES_PER_READ):
                 statement = _achievements_statement(
-                    Achievement.activity_id.in_(chunk), with_activity=True
+                    Achievement.activity_id.in_(chunk), bulk=connection.dialect.name
                 )
-                frames.append(connection.execute(statement).all())
-        return pd.DataFrame(
-            [row for rows in frames for row in rows], columns=["activity_id", *ACHIEVEMENT_COLUMNS]
-        )
+                rows += connection.execute(statement).all()
+        frame = pd.DataFrame(rows, columns=["activity_id", *ACHIEVEMENT_COLUMNS])
+        # Read as text (a Python call per value costs seconds on a night's rows), then made
+        # canonical as UUIDText makes them, once per column.
+        for column in ("activity_id", "id", "user_id", "programme_id"):
+            frame[column] = _canonical_uuids(frame[column])
+        return frame
 
     def new_dedup_keys(self, keys: Sequence[str]) -> set[str]:
         """The keys among ``keys`` that no outbox row holds yet (read only)."""
@@ -775,10 +794,11 @@ class CourseWriter:
         return new_jobs
 
 
-def _achievements_statement(where, *, with_activity: bool = False):
-    """Achievements as ACHIEVEMENT_COLUMNS (activity_id first with ``with_activity``): the
-    state is the most recent transition's (enrolled without one), last_sort_key the highest
-    sort_key (0 without one)."""
+def _achievements_statement(where, *, bulk: str | None = None):
+    """Achievements as ACHIEVEMENT_COLUMNS: the state is the most recent transition's
+    (enrolled without one), last_sort_key the highest sort_key (0 without one). ``bulk``
+    (the dialect's name): activity_id first, and the UUIDs as plain text (see
+    ``_canonical_uuids``): PostgreSQL's own text form, SQLite's stored text as it is."""
     a, t = Achievement, AchievementTransition
     earlier = aliased(AchievementTransition)
     last_sort_key = (
@@ -787,18 +807,37 @@ def _achievements_statement(where, *, with_activity: bool = False):
         .correlate(a)
         .scalar_subquery()
     )
+    uuids = [a.activity_id, a.id, a.user_id, a.programme_id]
+    if bulk == "postgresql":
+        uuids = [cast(column, String) for column in uuids]
+    elif bulk:
+        uuids = [type_coerce(column, String) for column in uuids]
+    activity_id, id_, user_id, programme_id = uuids
     columns = [
-        a.id,
-        a.user_id,
+        id_,
+        user_id,
         a.progress,
-        a.programme_id,
+        programme_id,
         func.coalesce(t.to_state, ENROLLED),
         func.coalesce(last_sort_key, 0),
     ]
     return (
-        select(*([a.activity_id] if with_activity else []), *columns)
+        select(*([activity_id] if bulk else []), *columns)
         .outerjoin(t, and_(t.achievement_id == a.id, t.most_recent.is_(True)))
         .where(where)
+    )
+
+
+def _canonical_uuids(values: pd.Series) -> pd.Series:
+    """UUIDs read as text, canonical as ``UUIDText`` reads them (None stays None)."""
+    canonical = CANONICAL_UUID.fullmatch
+    return pd.Series(
+        [
+            value if value is None or canonical(value) else canonical_uuid_text(str(value))
+            for value in values.tolist()
+        ],
+        index=values.index,
+        dtype=object,
     )
 
 
