@@ -71,8 +71,8 @@ def achievement_progress(
     """Applies each latest enrolment to the teacher's achievement for that course: progress
     (never down), state (enrolled, in progress, complete, dropped) as statesman transitions,
     and the follow-up jobs the website would queue, into the outbox. One transaction per
-    course; forgotten users and complete achievements are left alone. A dry run plans each
-    course in a read-only transaction and writes nothing."""
+    course that has something to write; forgotten users and complete achievements are left
+    alone. A dry run plans every course from one read and writes nothing."""
     repository = teachcomputing_db.repository()
     scope = run_options.scope(repository)
     plan = NightPlan()

@@ -131,23 +131,73 @@ def plan_course_progress(
     return plan
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What one read of every course's achievements says before any transaction."""
+
+    # activity_id, user_id (sorted): the rows that need a write, because the achievement is
+    # missing or the rule changes its progress or state. Only their courses open a
+    # transaction, and only these rows are read again inside it.
+    pending: pd.DataFrame
+    # activity_id -> Counter(unchanged, skipped_complete) of the rows *not* pending.
+    settled: dict[str, Counter]
+
+
+def sweep_courses(latest: pd.DataFrame, stored: pd.DataFrame) -> SweepPlan:
+    """The plan of every course at once, by the same rule as ``plan_course_progress``.
+    ``latest``: the latest enrolments (activity_id, user_id, deactivated_at, progress; the
+    forgotten users left out). ``stored``: activity_id and the achievements' columns, as
+    ``achievements_of_courses`` reads them."""
+    rows = latest[["activity_id", "user_id", "deactivated_at", "progress"]].merge(
+        stored[["activity_id", "user_id", "progress", "state"]],
+        on=["activity_id", "user_id"],
+        how="left",
+        suffixes=("_new", ""),
+        indicator=True,
+    )
+    missing = rows["_merge"] == "left_only"
+    present = rows[~missing]
+    complete = present["state"] == State.COMPLETE
+    open_rows = present[~complete]
+    if open_rows.empty:
+        changed = pd.Series(False, index=open_rows.index)
+    else:
+        open_rows = _with_outcomes(open_rows)
+        changed = (open_rows["outcome_progress"] != open_rows["progress"]) | open_rows[
+            "outcome_moved"
+        ]
+    pending = pd.concat(
+        [
+            rows.loc[missing, ["activity_id", "user_id"]],
+            open_rows.loc[changed, ["activity_id", "user_id"]],
+        ]
+    ).sort_values(["activity_id", "user_id"], ignore_index=True)
+    settled: dict[str, Counter] = {}
+    for name, frame in (
+        ("skipped_complete", present[complete]),
+        ("unchanged", open_rows[~changed]),
+    ):
+        for activity_id, n in frame.groupby("activity_id").size().items():
+            settled.setdefault(activity_id, Counter())[name] += int(n)
+    return SweepPlan(pending=pending, settled=settled)
+
+
 def _with_outcomes(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with each one's ``next_achievement`` outcome: the rule runs once for each
-    distinct (progress, state, new progress, deactivated), not once a row."""
-    keys = pd.DataFrame(
-        {
-            "progress": rows["progress"].astype("int64"),
-            "state": rows["state"].astype(str),
-            "progress_new": rows["progress_new"].astype("int64"),
-            "deactivated": rows["deactivated_at"].notna(),
-        },
-        index=rows.index,
+    distinct (progress, state, new progress, deactivated), not once a row. Plain lists, not
+    a frame of keys: this runs once per course written, on a few rows, as well as once on
+    every row of the night."""
+    keys = list(
+        zip(
+            rows["progress"].astype("int64").tolist(),
+            rows["state"].astype(str).tolist(),
+            rows["progress_new"].astype("int64").tolist(),
+            rows["deactivated_at"].notna().tolist(),
+            strict=True,
+        )
     )
-    outcomes = {
-        key: next_achievement(*key)
-        for key in keys.drop_duplicates().itertuples(index=False, name=None)
-    }
-    found = [outcomes[key] for key in keys.itertuples(index=False, name=None)]
+    outcomes = {key: next_achievement(*key) for key in dict.fromkeys(keys)}
+    found = [outcomes[key] for key in keys]
     return rows.assign(
         outcome=found,
         outcome_progress=[outcome.progress for outcome in found],

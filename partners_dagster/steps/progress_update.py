@@ -15,7 +15,13 @@ import pandas as pd
 
 from ..rules import ProgrammeEnrolment, programme_for_new_achievement
 from ..sidekiq.follow_up_jobs import CS_ACCELERATOR, Programme
-from .course_progress import CourseFacts, plan_course_progress, plan_violations
+from .course_progress import (
+    CourseFacts,
+    CoursePlan,
+    plan_course_progress,
+    plan_violations,
+    sweep_courses,
+)
 from .latest_enrolment import LatestEnrolmentSet
 from .night_plan import NightPlan
 
@@ -75,9 +81,15 @@ def update_achievement_progress(
     what is stored at that moment, move progress and state and queue the follow-up jobs,
     all in that course's transaction. Forgotten users are left alone.
 
-    ``dry_run``: each course is planned in a read-only transaction that locks nothing, and
-    nothing is written. ``plan`` receives every change made (or that would be made), one a
-    line; ``on_course(done, total)`` is told after each course."""
+    Set-based: one read of every affected course's achievements finds the rows the rule
+    would write (missing or changed); a course with none opens no transaction. A course
+    with some opens its own, and there reads those rows again (locked on PostgreSQL, under
+    SQLite's write lock) and plans them on what is stored *now*, so a change made
+    meanwhile (the website completing an achievement, say) is respected.
+
+    ``dry_run``: planned from the one read, nothing locked and nothing written. ``plan``
+    receives every change made (or that would be made), one a line; ``on_course(done,
+    total)`` is told after each course."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from ..teachcomputing.engine import is_lock_timeout
@@ -98,11 +110,26 @@ def update_achievement_progress(
     applied = 0
     plan = plan if plan is not None else NightPlan()
     timed_out: list[dict] = []
-    courses = latest.latest.groupby("activity_id", sort=True)
-    for done, (activity_id, rows) in enumerate(courses, start=1):
-        kept = rows[~rows["user_id"].isin(forgotten)]
-        counts["skipped_forgotten"] += len(rows) - len(kept)
-        if not kept.empty:
+    everyone = latest.latest
+    kept_rows = everyone[~everyone["user_id"].isin(forgotten)]
+    counts["skipped_forgotten"] += len(everyone) - len(kept_rows)
+    stored_rows = repository.achievements_of_courses(kept_rows["activity_id"].unique())
+    sweep = sweep_courses(kept_rows, stored_rows)
+    pending_users = {
+        activity_id: set(users)
+        for activity_id, users in sweep.pending.groupby("activity_id")["user_id"]
+    }
+    kept_by_course = dict(tuple(kept_rows.groupby("activity_id", sort=False)))
+    stored_by_course = dict(tuple(stored_rows.groupby("activity_id", sort=False)))
+    dry_runs: list[_DryCourse] = []
+    course_ids = sorted(everyone["activity_id"].unique())
+    for done, activity_id in enumerate(course_ids, start=1):
+        kept = kept_by_course.get(activity_id)  # None: every learner forgotten
+        users = pending_users.get(activity_id)
+        if kept is not None and not users:  # nothing to write: no transaction
+            counts.update(sweep.settled.get(activity_id, Counter()))
+            applied += 1
+        elif kept is not None:
             activity = activities.loc[activity_id]
             facts = CourseFacts(
                 activity_id=activity_id,
@@ -114,11 +141,17 @@ def update_achievement_progress(
                 dagster_run_id=dagster_run_id,
                 now=now,
             )
-            programme_ids = catalogue.programme_ids_by_activity.get(activity_id, [])
+            pending = kept[kept["user_id"].isin(users)]
+            new_rows = _new_achievements(
+                catalogue.programme_ids_by_activity.get(activity_id, []), enrolments_by_user
+            )
             try:
-                counts += _apply_course(
-                    repository, kept, facts, programme_ids, enrolments_by_user, dry_run, plan
-                )
+                if dry_run:
+                    stored = stored_by_course.get(activity_id, stored_rows.iloc[:0])
+                    dry_runs.append(_plan_dry_course(pending, stored, new_rows, facts))
+                else:
+                    counts += _apply_course(repository, pending, facts, new_rows, plan)
+                counts.update(sweep.settled.get(activity_id, Counter()))
                 applied += 1
             except SQLAlchemyError as error:
                 if not is_lock_timeout(error):
@@ -137,7 +170,14 @@ def update_achievement_progress(
                     }
                 )
         if on_course is not None:
-            on_course(done, courses.ngroups)
+            on_course(done, len(course_ids))
+    if dry_runs:
+        # One read of the outbox for every course's jobs: which ones the night would add.
+        new_keys = repository.new_dedup_keys(
+            [job["dedup_key"] for course in dry_runs for job in course.jobs]
+        )
+        for course in dry_runs:
+            counts += course.record(plan, new_keys)
     audit = repository.run_audit(dagster_run_id)
     return ProgressCounts(
         courses_applied=applied,
@@ -160,38 +200,54 @@ def update_achievement_progress(
     )
 
 
-def _apply_course(
-    repository: TeachComputingRepository,
-    latest: pd.DataFrame,
-    facts: CourseFacts,
+def _new_achievements(
     programme_ids: list[str],
     enrolments_by_user: dict[str, list[ProgrammeEnrolment]],
-    dry_run: bool,
+) -> Callable[[set[str]], list[dict]]:
+    """The rows to create for the users found without an achievement (id, user_id, the
+    programme the rule picks)."""
+
+    def rows(users: set[str]) -> list[dict]:
+        return [
+            {
+                "id": str(uuid4()),
+                "user_id": user_id,
+                "programme_id": programme_for_new_achievement(
+                    programme_ids, enrolments_by_user.get(user_id, ())
+                ),
+            }
+            for user_id in sorted(users)
+        ]
+
+    return rows
+
+
+def _apply_course(
+    repository: TeachComputingRepository,
+    pending: pd.DataFrame,
+    facts: CourseFacts,
+    new_rows: Callable[[set[str]], list[dict]],
     night_plan: NightPlan,
 ) -> Counter:
+    """One course's transaction: read the ``pending`` users' achievements again (locking
+    them), create the missing ones, and write the plan made on what is stored now."""
+    from ..teachcomputing.repository import BATCH
+
     counts: Counter = Counter()
-    with repository.course_transaction(facts.activity_id, dry_run=dry_run) as course:
-        stored = course.achievements()
-        missing = sorted(set(latest["user_id"]) - set(stored["user_id"]))
-        created = course.create_achievements(
-            [
-                {
-                    "id": str(uuid4()),
-                    "user_id": user_id,
-                    "programme_id": programme_for_new_achievement(
-                        programme_ids, enrolments_by_user.get(user_id, ())
-                    ),
-                }
-                for user_id in missing
-            ]
-        )
-        if len(created) < len(missing):
+    users = set(pending["user_id"])
+    with repository.course_transaction(facts.activity_id) as course:
+        # More users than one IN list holds (a first night, say): the whole course at once.
+        stored = course.achievements(None if len(users) > BATCH else users)
+        stored = stored[stored["user_id"].isin(users)]
+        missing = users - set(stored["user_id"])
+        wanted = new_rows(missing)
+        created = course.create_achievements(wanted)
+        if len(created) < len(wanted):
             # Someone else created some meanwhile (PostgreSQL): read them as they are.
-            stored = course.achievements()
+            stored = course.achievements(users)
         elif not created.empty:
             stored = created if stored.empty else pd.concat([stored, created], ignore_index=True)
-        stored = stored[stored["user_id"].isin(latest["user_id"])]
-        plan = plan_course_progress(latest, stored, facts, created["id"])
+        plan = plan_course_progress(pending, stored, facts, created["id"])
         counts.update(plan_violations(stored, plan))
         jobs = plan.job_rows(facts.dagster_run_id, facts.now)
         new_jobs = course.write(plan.updates, plan.transitions, jobs)
@@ -207,6 +263,58 @@ def _apply_course(
     counts["created"] += len(created)
     counts.update(plan.counts)
     return counts
+
+
+@dataclass
+class _DryCourse:
+    """A dry run's plan of one course, made from the one read; its jobs are checked against
+    the outbox with every other course's before it is recorded."""
+
+    activity_id: str
+    stored: pd.DataFrame
+    created: pd.DataFrame
+    plan: CoursePlan
+    jobs: list[dict]
+    counts: Counter
+
+    def record(self, night_plan: NightPlan, new_keys: set[str]) -> Counter:
+        jobs = [job for job in self.jobs if job["dedup_key"] in new_keys]
+        night_plan.course(
+            self.activity_id,
+            stored=self.stored,
+            created=self.created,
+            updates=self.plan.updates,
+            transitions=self.plan.transitions,
+            jobs=jobs,
+        )
+        return self.counts + Counter(follow_up_jobs=len(jobs))
+
+
+def _plan_dry_course(
+    pending: pd.DataFrame,
+    stored: pd.DataFrame,
+    new_rows: Callable[[set[str]], list[dict]],
+    facts: CourseFacts,
+) -> _DryCourse:
+    from ..teachcomputing.repository import ACHIEVEMENT_COLUMNS, planned_achievements
+
+    users = set(pending["user_id"])
+    stored = stored.loc[stored["user_id"].isin(users), ACHIEVEMENT_COLUMNS]
+    wanted = new_rows(users - set(stored["user_id"]))
+    created = planned_achievements(wanted)
+    if not created.empty:
+        stored = created if stored.empty else pd.concat([stored, created], ignore_index=True)
+    plan = plan_course_progress(pending, stored, facts, created["id"])
+    counts = plan_violations(stored, plan) + plan.counts
+    counts["created"] += len(created)
+    return _DryCourse(
+        facts.activity_id,
+        stored.reset_index(drop=True),
+        created,
+        plan,
+        plan.job_rows(facts.dagster_run_id, facts.now),
+        counts,
+    )
 
 
 def _programme_enrolments(frame: pd.DataFrame) -> dict[str, list[ProgrammeEnrolment]]:

@@ -8,14 +8,28 @@ unit of work, and idempotent writes: a unit run twice changes nothing the second
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
@@ -40,6 +54,10 @@ from .types import canonical_uuid_text
 
 # Rows per INSERT/UPDATE batch: well under SQLite's bound-parameter limit.
 BATCH = 2_000
+# A UUID as UUIDText stores and reads it (types.py): lowercase, with dashes.
+CANONICAL_UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Courses per read of their achievements: small statements, each well under the timeout.
+COURSES_PER_READ = 200
 ENROLLED = "enrolled"
 # One course's achievements as CourseWriter reads them: the state is the most recent
 # transition's (enrolled without one), last_sort_key the highest sort_key (0 without one).
@@ -453,18 +471,34 @@ class TeachComputingRepository:
 
     # -- step 2: achievements --------------------------------------------------------------
 
+    def achievements_of_courses(self, activity_ids: Sequence[str]) -> pd.DataFrame:
+        """activity_id and ACHIEVEMENT_COLUMNS of every achievement of these courses, in one
+        read that locks nothing: what the set-based progress pass plans from before it opens
+        a transaction for the courses that have something to write."""
+        rows: list[Any] = []
+        with read_only(self.engine) as connection:
+            for chunk in batches(sorted(set(activity_ids)), COURSES_PER_READ):
+                statement = _achievements_statement(
+                    Achievement.activity_id.in_(chunk), bulk=connection.dialect.name
+                )
+                rows += connection.execute(statement).all()
+        frame = pd.DataFrame(rows, columns=["activity_id", *ACHIEVEMENT_COLUMNS])
+        # Read as text (a Python call per value costs seconds on a night's rows), then made
+        # canonical as UUIDText makes them, once per column.
+        for column in ("activity_id", "id", "user_id", "programme_id"):
+            frame[column] = _canonical_uuids(frame[column])
+        return frame
+
+    def new_dedup_keys(self, keys: Sequence[str]) -> set[str]:
+        """The keys among ``keys`` that no outbox row holds yet (read only)."""
+        with read_only(self.engine) as connection:
+            return _new_dedup_keys(connection, list(keys))
+
     @contextmanager
-    def course_transaction(
-        self, activity_id: str, *, dry_run: bool = False
-    ) -> Iterator[CourseWriter]:
+    def course_transaction(self, activity_id: str) -> Iterator[CourseWriter]:
         """One course's achievements in one transaction (locked on PostgreSQL, under SQLite's
-        write lock there): read what is stored *now*, then write the plan made from it.
-        ``dry_run``: a read-only transaction that locks nothing and writes nothing; the
-        writer says what it would have written."""
-        if dry_run:
-            with read_only(self.engine) as connection:
-                yield CourseWriter(connection, activity_id, dry_run=True)
-            return
+        write lock there): read what is stored *now*, then write the plan made from it. A dry
+        run opens none: it plans from ``achievements_of_courses``."""
         with self.engine.begin() as connection:
             yield CourseWriter(connection, activity_id)
 
@@ -662,10 +696,9 @@ class TeachComputingRepository:
 class CourseWriter:
     """The reads and writes of one course's transaction (see ``course_transaction``)."""
 
-    def __init__(self, connection: Connection, activity_id: str, *, dry_run: bool = False):
+    def __init__(self, connection: Connection, activity_id: str):
         self.connection = connection
         self.activity_id = activity_id
-        self.dry_run = dry_run
 
     def create_achievements(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Insert achievements (id, user_id, programme_id) at progress 0 with no transition
@@ -674,8 +707,6 @@ class CourseWriter:
         if not rows:
             return pd.DataFrame(columns=ACHIEVEMENT_COLUMNS)
         by_id = {row["id"]: row for row in rows}
-        if self.dry_run:  # as if every one went in: the dry run read them all as missing
-            return _created_frame([row["id"] for row in rows], by_id)
         now = utcnow()
         table = Achievement.__table__
         values = [
@@ -696,33 +727,22 @@ class CourseWriter:
             created += self.connection.scalars(statement.returning(table.c.id), list(chunk)).all()
         return _created_frame(created, by_id)
 
-    def achievements(self) -> pd.DataFrame:
+    def achievements(self, user_ids: Collection[str] | None = None) -> pd.DataFrame:
         """id, user_id, progress, programme_id, state, last_sort_key of the course's
-        achievements, locked for this transaction on PostgreSQL."""
-        a, t = Achievement, AchievementTransition
-        earlier = aliased(AchievementTransition)
-        last_sort_key = (
-            select(func.max(earlier.sort_key))
-            .where(earlier.achievement_id == a.id)
-            .correlate(a)
-            .scalar_subquery()
-        )
-        statement = (
-            select(
-                a.id,
-                a.user_id,
-                a.progress,
-                a.programme_id,
-                func.coalesce(t.to_state, ENROLLED),
-                func.coalesce(last_sort_key, 0),
-            )
-            .outerjoin(t, and_(t.achievement_id == a.id, t.most_recent.is_(True)))
-            .where(a.activity_id == self.activity_id)
-        )
-        if self.connection.dialect.name == "postgresql" and not self.dry_run:
-            # SQLite holds the write lock already; PostgreSQL locks the achievements.
-            statement = statement.with_for_update(of=a)
-        return pd.DataFrame(self.connection.execute(statement).all(), columns=ACHIEVEMENT_COLUMNS)
+        achievements (``user_ids``: only those users'), locked for this transaction on
+        PostgreSQL."""
+        users = None if user_ids is None else sorted(set(user_ids))
+        rows: list[Any] = []
+        for chunk in [None] if users is None else batches(users):
+            where = Achievement.activity_id == self.activity_id
+            if chunk is not None:
+                where = and_(where, Achievement.user_id.in_(chunk))
+            statement = _achievements_statement(where)
+            if self.connection.dialect.name == "postgresql":
+                # SQLite holds the write lock already; PostgreSQL locks the achievements.
+                statement = statement.with_for_update(of=Achievement)
+            rows += self.connection.execute(statement).all()
+        return pd.DataFrame(rows, columns=ACHIEVEMENT_COLUMNS)
 
     def write(
         self,
@@ -732,10 +752,7 @@ class CourseWriter:
     ) -> set[str]:
         """Progress and ``updated_at`` of changed achievements; each move as statesman writes
         it (the previous most recent one flipped, the new one most recent); and the follow-up
-        jobs, each once by its key. Returns the keys of the jobs that were new. A dry run
-        writes nothing and returns the keys the outbox does not hold yet."""
-        if self.dry_run:
-            return self._new_dedup_keys([job["dedup_key"] for job in jobs])
+        jobs, each once by its key. Returns the keys of the jobs that were new."""
         achievements = Achievement.__table__
         transitions_table = AchievementTransition.__table__
         if updates:
@@ -776,16 +793,68 @@ class CourseWriter:
                 )
         return new_jobs
 
-    def _new_dedup_keys(self, keys: list[str]) -> set[str]:
-        table = OutboxJob.__table__
-        held: set[str] = set()
-        for chunk in batches(keys):
-            held.update(
-                self.connection.scalars(
-                    select(table.c.dedup_key).where(table.c.dedup_key.in_(chunk))
-                )
-            )
-        return set(keys) - held
+
+def _achievements_statement(where, *, bulk: str | None = None):
+    """Achievements as ACHIEVEMENT_COLUMNS: the state is the most recent transition's
+    (enrolled without one), last_sort_key the highest sort_key (0 without one). ``bulk``
+    (the dialect's name): activity_id first, and the UUIDs as plain text (see
+    ``_canonical_uuids``): PostgreSQL's own text form, SQLite's stored text as it is."""
+    a, t = Achievement, AchievementTransition
+    earlier = aliased(AchievementTransition)
+    last_sort_key = (
+        select(func.max(earlier.sort_key))
+        .where(earlier.achievement_id == a.id)
+        .correlate(a)
+        .scalar_subquery()
+    )
+    uuids = [a.activity_id, a.id, a.user_id, a.programme_id]
+    if bulk == "postgresql":
+        uuids = [cast(column, String) for column in uuids]
+    elif bulk:
+        uuids = [type_coerce(column, String) for column in uuids]
+    activity_id, id_, user_id, programme_id = uuids
+    columns = [
+        id_,
+        user_id,
+        a.progress,
+        programme_id,
+        func.coalesce(t.to_state, ENROLLED),
+        func.coalesce(last_sort_key, 0),
+    ]
+    return (
+        select(*([activity_id] if bulk else []), *columns)
+        .outerjoin(t, and_(t.achievement_id == a.id, t.most_recent.is_(True)))
+        .where(where)
+    )
+
+
+def _canonical_uuids(values: pd.Series) -> pd.Series:
+    """UUIDs read as text, canonical as ``UUIDText`` reads them (None stays None)."""
+    canonical = CANONICAL_UUID.fullmatch
+    return pd.Series(
+        [
+            value if value is None or canonical(value) else canonical_uuid_text(str(value))
+            for value in values.tolist()
+        ],
+        index=values.index,
+        dtype=object,
+    )
+
+
+def _new_dedup_keys(connection: Connection, keys: list[str]) -> set[str]:
+    table = OutboxJob.__table__
+    held: set[str] = set()
+    for chunk in batches(keys):
+        held.update(
+            connection.scalars(select(table.c.dedup_key).where(table.c.dedup_key.in_(chunk)))
+        )
+    return set(keys) - held
+
+
+def planned_achievements(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Achievements (id, user_id, programme_id) a dry run would create, as
+    ``CourseWriter.achievements()`` would read them once created."""
+    return _created_frame([row["id"] for row in rows], {row["id"]: row for row in rows})
 
 
 def _created_frame(created: Sequence[str], by_id: dict[str, dict[str, Any]]) -> pd.DataFrame:
