@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -336,7 +337,7 @@ def fresh_database(server_url: str, name: str) -> Iterator[str]:
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(connection, name)
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
             # A test database needs no durability: its commits need not wait for the disk.
             connection.exec_driver_sql(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
@@ -344,9 +345,32 @@ def fresh_database(server_url: str, name: str) -> Iterator[str]:
             yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
         finally:
             with admin.connect() as connection:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                drop_database(connection, name)
     finally:
         admin.dispose()
+
+
+def drop_database(connection, name: str, attempts: int = 20) -> None:
+    """Drops the database ``name`` (an AUTOCOMMIT ``connection`` to another one), ending the
+    sessions our role holds on it first. Not ``WITH (FORCE)``: on PostgreSQL 15 that also
+    tries to end an autovacuum worker busy there, which a role without pg_signal_backend may
+    not, and fails; a plain DROP cancels autovacuum itself. Bounded: ``attempts`` tries,
+    half a second apart, while a session is still closing."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(attempts):
+        connection.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %(name)s AND usename = current_user AND pid <> pg_backend_pid()",
+            {"name": name},
+        )
+        try:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            return
+        except OperationalError as error:  # "is being accessed by other users"
+            if attempt == attempts - 1 or "being accessed" not in str(error):
+                raise
+            time.sleep(0.5)
 
 
 def load_rails_schema(database_url: str) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from .harness import Night
+from .postgres_server import drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,7 +43,7 @@ def dagster_database(postgres_server_url):
         connection.execute(text(f"CREATE DATABASE {name}"))
     yield make_url(postgres_server_url).set(database=name)
     with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        drop_database(connection, name)
     admin.dispose()
 
 
