@@ -96,6 +96,9 @@ class Night:
         }
         self.defs = build_definitions(self.resources)
         self._dagster_home = tempfile.TemporaryDirectory(dir=workdir)
+        # A real instance, its event log in Dagster's own in-memory storage: the on-disk
+        # SQLite one opens a connection and commits for every event, about half of each run.
+        # (Spawned jobs and the deployment test use on-disk instances.)
         self._instance_cm = dg.instance_for_test(
             temp_dir=self._dagster_home.name,
             overrides={
