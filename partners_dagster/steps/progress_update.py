@@ -120,8 +120,11 @@ def update_achievement_progress(
         for activity_id, users in sweep.pending.groupby("activity_id")["user_id"]
     }
     kept_by_course = dict(tuple(kept_rows.groupby("activity_id", sort=False)))
-    stored_by_course = dict(tuple(stored_rows.groupby("activity_id", sort=False)))
-    dry_runs: list[_DryCourse] = []
+    # Only a dry run plans from the one read; a real night reads each course again.
+    stored_by_course = (
+        dict(tuple(stored_rows.groupby("activity_id", sort=False))) if dry_run else {}
+    )
+    dry_runs: list[_PlannedCourse] = []
     course_ids = sorted(everyone["activity_id"].unique())
     for done, activity_id in enumerate(course_ids, start=1):
         kept = kept_by_course.get(activity_id)  # None: every learner forgotten
@@ -233,42 +236,52 @@ def _apply_course(
     them), create the missing ones, and write the plan made on what is stored now."""
     from ..teachcomputing.repository import BATCH
 
-    counts: Counter = Counter()
     users = set(pending["user_id"])
     with repository.course_transaction(facts.activity_id) as course:
         # More users than one IN list holds (a first night, say): the whole course at once.
         stored = course.achievements(None if len(users) > BATCH else users)
         stored = stored[stored["user_id"].isin(users)]
-        missing = users - set(stored["user_id"])
-        wanted = new_rows(missing)
+        wanted = new_rows(users - set(stored["user_id"]))
         created = course.create_achievements(wanted)
         if len(created) < len(wanted):
             # Someone else created some meanwhile (PostgreSQL): read them as they are.
             stored = course.achievements(users)
-        elif not created.empty:
-            stored = created if stored.empty else pd.concat([stored, created], ignore_index=True)
-        plan = plan_course_progress(pending, stored, facts, created["id"])
-        counts.update(plan_violations(stored, plan))
-        jobs = plan.job_rows(facts.dagster_run_id, facts.now)
-        new_jobs = course.write(plan.updates, plan.transitions, jobs)
-        counts["follow_up_jobs"] += len(new_jobs)
-    night_plan.course(
-        facts.activity_id,
-        stored=stored,
-        created=created,
-        updates=plan.updates,
-        transitions=plan.transitions,
-        jobs=[job for job in jobs if job["dedup_key"] in new_jobs],
-    )
-    counts["created"] += len(created)
-    counts.update(plan.counts)
-    return counts
+        else:
+            stored = _with_created(stored, created)
+        planned = _PlannedCourse.make(pending, stored, created, facts)
+        new_jobs = course.write(planned.plan.updates, planned.plan.transitions, planned.jobs)
+    return planned.record(night_plan, new_jobs)
+
+
+def _plan_dry_course(
+    pending: pd.DataFrame,
+    stored: pd.DataFrame,
+    new_rows: Callable[[set[str]], list[dict]],
+    facts: CourseFacts,
+) -> _PlannedCourse:
+    """A dry run's plan of one course, made from the one read, as if every missing
+    achievement were created."""
+    from ..teachcomputing.repository import ACHIEVEMENT_COLUMNS, planned_achievements
+
+    users = set(pending["user_id"])
+    stored = stored.loc[stored["user_id"].isin(users), ACHIEVEMENT_COLUMNS]
+    created = planned_achievements(new_rows(users - set(stored["user_id"])))
+    stored = _with_created(stored, created).reset_index(drop=True)
+    return _PlannedCourse.make(pending, stored, created, facts)
+
+
+def _with_created(stored: pd.DataFrame, created: pd.DataFrame) -> pd.DataFrame:
+    """``stored`` with the achievements just ``created`` (read as ``achievements()`` would)."""
+    if created.empty:
+        return stored
+    return created if stored.empty else pd.concat([stored, created], ignore_index=True)
 
 
 @dataclass
-class _DryCourse:
-    """A dry run's plan of one course, made from the one read; its jobs are checked against
-    the outbox with every other course's before it is recorded."""
+class _PlannedCourse:
+    """One course's plan on what is stored (the achievements created included) and the
+    outbox rows it would queue. A real night records it once its transaction has said
+    which jobs were new; a dry run once the outbox has been read for every course."""
 
     activity_id: str
     stored: pd.DataFrame
@@ -277,7 +290,19 @@ class _DryCourse:
     jobs: list[dict]
     counts: Counter
 
+    @classmethod
+    def make(
+        cls, pending: pd.DataFrame, stored: pd.DataFrame, created: pd.DataFrame, facts: CourseFacts
+    ) -> _PlannedCourse:
+        plan = plan_course_progress(pending, stored, facts, created["id"])
+        counts = plan_violations(stored, plan) + plan.counts
+        counts["created"] += len(created)
+        jobs = plan.job_rows(facts.dagster_run_id, facts.now)
+        return cls(facts.activity_id, stored, created, plan, jobs, counts)
+
     def record(self, night_plan: NightPlan, new_keys: set[str]) -> Counter:
+        """The plan's changes into ``night_plan``, its jobs only those in ``new_keys``; the
+        course's counts."""
         jobs = [job for job in self.jobs if job["dedup_key"] in new_keys]
         night_plan.course(
             self.activity_id,
@@ -288,33 +313,6 @@ class _DryCourse:
             jobs=jobs,
         )
         return self.counts + Counter(follow_up_jobs=len(jobs))
-
-
-def _plan_dry_course(
-    pending: pd.DataFrame,
-    stored: pd.DataFrame,
-    new_rows: Callable[[set[str]], list[dict]],
-    facts: CourseFacts,
-) -> _DryCourse:
-    from ..teachcomputing.repository import ACHIEVEMENT_COLUMNS, planned_achievements
-
-    users = set(pending["user_id"])
-    stored = stored.loc[stored["user_id"].isin(users), ACHIEVEMENT_COLUMNS]
-    wanted = new_rows(users - set(stored["user_id"]))
-    created = planned_achievements(wanted)
-    if not created.empty:
-        stored = created if stored.empty else pd.concat([stored, created], ignore_index=True)
-    plan = plan_course_progress(pending, stored, facts, created["id"])
-    counts = plan_violations(stored, plan) + plan.counts
-    counts["created"] += len(created)
-    return _DryCourse(
-        facts.activity_id,
-        stored.reset_index(drop=True),
-        created,
-        plan,
-        plan.job_rows(facts.dagster_run_id, facts.now),
-        counts,
-    )
 
 
 def _programme_enrolments(frame: pd.DataFrame) -> dict[str, list[ProgrammeEnrolment]]:
