@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from ..defs.constants import CODE_LOCATION, DEFINITIONS_MODULE
@@ -56,6 +57,9 @@ def write_workspace(path: Path) -> Path:
 # How long `dagster dev` may take to stop its webserver, daemon and code servers after SIGINT
 # before what is left of its session is killed.
 STOP_GRACE_SECONDS = 30.0
+# After SIGKILL: how long to wait for the killed processes to be gone (the kernel ends them
+# when they are next scheduled, which on a busy machine is not at once).
+KILLED_GONE_SECONDS = 5.0
 
 
 def run_until_stopped(command: list[str], env: dict[str, str]) -> int:
@@ -95,7 +99,20 @@ def run_until_stopped(command: list[str], env: dict[str, str]) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        _wait_until_group_is_gone(process.pid, KILLED_GONE_SECONDS)
         return 0
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _wait_until_group_is_gone(pgid: int, seconds: float) -> None:
+    """Returns once no process of the group ``pgid`` is left (a zombie not yet reaped by
+    init still counts), or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
